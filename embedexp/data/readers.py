@@ -1,0 +1,241 @@
+"""Readers for BEIR folders, STS tsv files and pair jsonl files.
+
+Every problem is reported as one line naming the file (and line) and what was expected.
+`on_error="skip"` drops malformed rows instead and counts them in `SKIPPED`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+from embedexp.errors import DataError
+
+ON_ERROR = ("raise", "skip")
+SKIPPED: Counter = Counter()  # file -> rows skipped with on_error="skip"
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise DataError(f"data.on_error={on_error!r}; expected one of {ON_ERROR}")
+
+
+def _fail(on_error: str, path: Path, msg: str) -> None:
+    if on_error == "raise":
+        raise DataError(f"{path}: {msg}")
+    SKIPPED[str(path)] += 1
+
+
+def require_dir(path: str | Path, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{what} folder {path} does not exist")
+    return path
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _jsonl(path: Path, on_error: str) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object); empty lines are ignored; an empty file is an error."""
+    n = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    _fail(on_error, path, f"line {lineno}: not valid JSON ({e.msg})")
+                    continue
+                if not isinstance(obj, dict):
+                    _fail(on_error, path, f"line {lineno}: expected a JSON object")
+                    continue
+                n += 1
+                yield lineno, obj
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    if n == 0:
+        raise DataError(f"{path}: no records (empty file)")
+
+
+def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: no {what} file; expected one of {', '.join(names)}")
+
+
+def doc_text(doc: dict) -> str:
+    """How a document is encoded: title + " " + text, stripped (the MTEB/BEIR convention)."""
+    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+
+
+def load_corpus(root: str | Path, on_error: str = "raise") -> dict[str, dict]:
+    _check_on_error(on_error)
+    root = require_dir(root, "BEIR data")
+    path = _find(root, ("corpus.jsonl", "corpus.jsonl.gz"), "corpus")
+    corpus: dict[str, dict] = {}
+    for lineno, obj in _jsonl(path, on_error):
+        doc_id = obj.get("_id")
+        if doc_id is None or str(doc_id) == "":
+            _fail(on_error, path, f"line {lineno}: missing '_id'")
+            continue
+        doc_id = str(doc_id)
+        if "text" not in obj or not isinstance(obj["text"], str):
+            _fail(on_error, path, f"line {lineno}: document {doc_id!r} has no string 'text'")
+            continue
+        doc = {"title": str(obj.get("title") or ""), "text": obj["text"]}
+        if not doc_text(doc):
+            _fail(on_error, path, f"line {lineno}: document {doc_id!r} has empty title and text")
+            continue
+        if doc_id in corpus:
+            _fail(on_error, path, f"line {lineno}: duplicate document id {doc_id!r}")
+            continue
+        corpus[doc_id] = doc
+    return corpus
+
+
+def load_queries(root: str | Path, on_error: str = "raise") -> dict[str, str]:
+    _check_on_error(on_error)
+    root = require_dir(root, "BEIR data")
+    path = _find(root, ("queries.jsonl", "queries.jsonl.gz"), "queries")
+    queries: dict[str, str] = {}
+    for lineno, obj in _jsonl(path, on_error):
+        qid = obj.get("_id")
+        if qid is None or str(qid) == "":
+            _fail(on_error, path, f"line {lineno}: missing '_id'")
+            continue
+        qid = str(qid)
+        text = obj.get("text")
+        if not isinstance(text, str) or not text.strip():
+            _fail(on_error, path, f"line {lineno}: query {qid!r} has empty or missing 'text'")
+            continue
+        if qid in queries:
+            _fail(on_error, path, f"line {lineno}: duplicate query id {qid!r}")
+            continue
+        queries[qid] = text
+    return queries
+
+
+def load_qrels(
+    root: str | Path,
+    split: str,
+    queries: dict | None = None,
+    corpus: dict | None = None,
+    on_error: str = "raise",
+) -> dict[str, dict[str, int]]:
+    """qrels/{split}.tsv -> {query_id: {doc_id: grade}}; ids are checked against queries/corpus when given."""
+    _check_on_error(on_error)
+    root = require_dir(root, "BEIR data")
+    path = root / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        have = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
+        raise DataError(f"{path}: qrels file for split {split!r} not found (available splits: {have or 'none'})")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            row = line.rstrip("\n").rstrip("\r").split("\t")
+            if lineno == 1 and row[0].lower() in ("query-id", "query_id", "qid"):
+                continue
+            if not line.strip():
+                continue
+            if len(row) == 4:  # TREC layout: qid 0 docid grade
+                row = [row[0], row[2], row[3]]
+            if len(row) != 3:
+                _fail(on_error, path, f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+                continue
+            qid, did, score = row
+            try:
+                grade = int(float(score))
+            except ValueError:
+                _fail(on_error, path, f"line {lineno}: score {score!r} is not a number")
+                continue
+            if queries is not None and qid not in queries:
+                _fail(on_error, path, f"line {lineno}: query id {qid!r} is not in queries.jsonl")
+                continue
+            if corpus is not None and did not in corpus:
+                _fail(on_error, path, f"line {lineno}: corpus id {did!r} is not in the corpus")
+                continue
+            qrels.setdefault(qid, {})[did] = grade
+    if not qrels:
+        raise DataError(f"{path}: no qrels rows")
+    return qrels
+
+
+def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") -> list[tuple[str, str, float]]:
+    """STS tsv with a header naming `score`, `sentence1`, `sentence2` (other columns ignored).
+
+    Split on tabs only: STS sentences contain quote characters that csv quoting would merge.
+    """
+    _check_on_error(on_error)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"STS file {path} does not exist")
+    rows: list[tuple[str, str, float]] = []
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        try:
+            i_score, i_a, i_b = (header.index(c) for c in ("score", "sentence1", "sentence2"))
+        except ValueError:
+            raise DataError(f"{path}: line 1: header must name the columns score, sentence1, sentence2 (tab separated); got {header}") from None
+        for lineno, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) <= max(i_score, i_a, i_b):
+                _fail(on_error, path, f"line {lineno}: expected at least {max(i_score, i_a, i_b) + 1} tab-separated columns, got {len(cols)}")
+                continue
+            try:
+                score = float(cols[i_score])
+            except ValueError:
+                _fail(on_error, path, f"line {lineno}: score {cols[i_score]!r} is not a number")
+                continue
+            if not 0.0 <= score <= max_score:
+                _fail(on_error, path, f"line {lineno}: score {score} outside [0, {max_score}]")
+                continue
+            if not cols[i_a].strip() or not cols[i_b].strip():
+                _fail(on_error, path, f"line {lineno}: empty sentence")
+                continue
+            rows.append((cols[i_a], cols[i_b], score))
+    if not rows:
+        raise DataError(f"{path}: no STS pairs")
+    return rows
+
+
+def load_pairs(path: str | Path, on_error: str = "raise") -> list[tuple[str, ...]]:
+    """jsonl rows {"anchor"|"query": ..., "positive": ..., "negatives": [...] | "negative": ...}.
+
+    Every row must have the same number of negatives (columns are fixed per batch).
+    """
+    _check_on_error(on_error)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"pairs file {path} does not exist")
+    rows: list[tuple[str, ...]] = []
+    n_neg = None
+    for lineno, obj in _jsonl(path, on_error):
+        anchor = obj.get("anchor", obj.get("query"))
+        positive = obj.get("positive")
+        negs = obj.get("negatives", [obj["negative"]] if "negative" in obj else [])
+        texts = [anchor, positive, *negs] if isinstance(negs, list) else None
+        if texts is None or not all(isinstance(t, str) and t.strip() for t in texts):
+            _fail(on_error, path, f"line {lineno}: expected non-empty strings 'anchor' (or 'query'), 'positive' and optional 'negatives' list")
+            continue
+        if n_neg is None:
+            n_neg = len(negs)
+        elif len(negs) != n_neg:
+            _fail(on_error, path, f"line {lineno}: {len(negs)} negatives, but earlier rows have {n_neg}")
+            continue
+        rows.append(tuple(texts))
+    return rows

@@ -1,0 +1,40 @@
+"""Lightning callback: evaluate the base model before training and the fine-tuned model after."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+
+from embedexp.eval.evaluator import Evaluator
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationCallback(L.Callback):
+    def __init__(self, evaluator: Evaluator, evaluate_base: bool = True) -> None:
+        self.evaluator = evaluator
+        self.evaluate_base = evaluate_base
+        self.base: dict[str, float] = {}
+        self.tuned: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.evaluate_base and trainer.is_global_zero and not self.base:
+            self.base = self.evaluator.evaluate(pl_module.encoder, use_cache=True)
+            log.info("base model: %s", _fmt(self.base))
+            _log(trainer, "base", self.base, step=0)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.tuned = self.evaluator.evaluate(pl_module.encoder)
+            log.info("fine-tuned model: %s", _fmt(self.tuned))
+            _log(trainer, "tuned", self.tuned, step=trainer.global_step)
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def _log(trainer: L.Trainer, prefix: str, metrics: dict[str, float], step: int) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, step=step)

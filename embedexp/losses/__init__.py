@@ -1,0 +1,3 @@
+from embedexp.losses.infonce import InfoNCELoss
+
+__all__ = ["InfoNCELoss"]

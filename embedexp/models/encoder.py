@@ -1,0 +1,261 @@
+"""The Encoder: a Hugging Face encoder + pooling + optional L2 normalisation + query/document prefixes.
+
+Prefixes, pooling and max length come from the model config and are applied here, in one place;
+call sites only say whether a text is a "query" or a "document".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from embedexp.errors import ConfigError, ModelError
+from embedexp.models.pooling import POOLING_MODES, pool
+
+KINDS = ("query", "document")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def check_model_folder(path: Path) -> None:
+    """Fail with one clear line if a local model folder lacks what AutoModel/AutoTokenizer need."""
+    if not path.is_dir():
+        raise ModelError(f"model folder {path} does not exist (model.model_name_or_path)")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"model folder {path} has no config.json; expected a Hugging Face model folder")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelError(f"model folder {path} has no weights; expected one of {', '.join(_WEIGHT_FILES)}")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ModelError(f"model folder {path} has no tokenizer; expected one of {', '.join(_TOKENIZER_FILES)}")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1] or Path(name).exists()
+
+
+class Encoder(nn.Module):
+    """Text -> embedding.
+
+    Args:
+        model_name_or_path: local Hugging Face folder (or hub name when online).
+        pooling: "mean" | "cls" | "last_token".
+        normalize: L2-normalise embeddings.
+        max_seq_length: truncation length in tokens.
+        query_prefix / document_prefix: prepended to queries / documents (E5/BGE style).
+        trust_remote_code: passed to transformers; off unless the config says so.
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        pooling: str = "mean",
+        normalize: bool = True,
+        max_seq_length: int = 256,
+        query_prefix: str = "",
+        document_prefix: str = "",
+        trust_remote_code: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ConfigError(f"model.pooling={pooling!r} is not a pooling mode; expected one of {', '.join(POOLING_MODES)}")
+        if not isinstance(max_seq_length, int) or max_seq_length < 1:
+            raise ConfigError(f"model.max_seq_length={max_seq_length!r}; expected a positive integer")
+        self.model_name_or_path = str(model_name_or_path)
+        self.name = name or Path(self.model_name_or_path).name
+        self.pooling = pooling
+        self.normalize = bool(normalize)
+        self.max_seq_length = max_seq_length
+        self.prefixes = {"query": query_prefix or "", "document": document_prefix or ""}
+        self.trust_remote_code = bool(trust_remote_code)
+        self.tokenizer, self.backbone = self._load(self.model_name_or_path)
+
+    # ---------------------------------------------------------------- loading
+    def _load(self, name: str):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(name).expanduser()
+        if path.exists() or _looks_like_path(name):
+            check_model_folder(path)
+            name = str(path)
+        kwargs = {"trust_remote_code": self.trust_remote_code}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+            backbone = AutoModel.from_pretrained(name, **kwargs)
+        except OSError as e:  # hub name that cannot be reached, or a broken folder
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"cannot load model {name!r}: {first}") from e
+        vocab = len(tokenizer)
+        emb = backbone.get_input_embeddings().num_embeddings
+        if vocab > emb:
+            raise ModelError(f"model {name!r}: tokenizer has {vocab} tokens but the model's embedding table has {emb}")
+        return tokenizer, backbone
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    # ---------------------------------------------------------------- tokenise / forward
+    def add_prefix(self, texts: Iterable[str], kind: str) -> list[str]:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        prefix = self.prefixes[kind]
+        return [prefix + t for t in texts]
+
+    def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
+        """Prefix + tokenise, padded to the longest text in the batch (dynamic padding)."""
+        return dict(
+            self.tokenizer(
+                self.add_prefix(texts, kind),
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="pt",
+            )
+        )
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Differentiable: tokenised features -> (batch, dim) embeddings."""
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = self.backbone(**inputs, return_dict=True)
+        emb = pool(out.last_hidden_state, features["attention_mask"], self.pooling)
+        return F.normalize(emb, p=2, dim=-1) if self.normalize else emb
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: str = "document",
+        batch_size: int = 64,
+        show_progress: bool = False,
+        desc: str | None = None,
+    ) -> torch.Tensor:
+        """Inference: texts -> float32 (n, dim) on CPU. Batches are length-sorted to cut padding."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
+        device = self.device
+        try:
+            for start in tqdm(
+                range(0, len(texts), batch_size),
+                desc=desc or f"encode {kind}s",
+                disable=not show_progress,
+                unit="batch",
+            ):
+                idx = order[start : start + batch_size]
+                feats = self.tokenize([texts[i] for i in idx], kind)
+                feats = {k: v.to(device) for k, v in feats.items()}
+                out[idx] = self(feats).float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    # ---------------------------------------------------------------- identity
+    def fingerprint(self) -> str:
+        """Hash of weights + everything that changes embeddings; keys caches of base-model results."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(json.dumps(self.settings(), sort_keys=True).encode())
+        for k, v in sorted(self.backbone.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def settings(self) -> dict:
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+            "query_prefix": self.prefixes["query"],
+            "document_prefix": self.prefixes["document"],
+        }
+
+    # ---------------------------------------------------------------- export
+    def save(self, path: str | Path) -> Path:
+        """Write a sentence-transformers folder (classic module layout, loads in ST 2.x-6.x).
+
+        Written to a temporary sibling and renamed, so a crash never leaves a half model.
+        """
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.backbone.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            (tmp / "2_Normalize").mkdir()
+        _write_json(tmp / "modules.json", modules)
+        _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False})
+        (tmp / "1_Pooling").mkdir()
+        _write_json(
+            tmp / "1_Pooling" / "config.json",
+            {
+                "word_embedding_dimension": self.dim,
+                "pooling_mode_cls_token": self.pooling == "cls",
+                "pooling_mode_mean_tokens": self.pooling == "mean",
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": self.pooling == "last_token",
+                "include_prompt": True,
+            },
+        )
+        _write_json(
+            tmp / "config_sentence_transformers.json",
+            {
+                "prompts": dict(self.prefixes),
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine" if self.normalize else "dot",
+                "embedexp": self.settings(),
+            },
+        )
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_exported(cls, path: str | Path, **overrides) -> "Encoder":
+        """Load a folder written by `save` (or any classic sentence-transformers folder) with its settings."""
+        path = Path(path)
+        settings: dict = {}
+        st_cfg = path / "config_sentence_transformers.json"
+        if st_cfg.is_file():
+            data = json.loads(st_cfg.read_text())
+            settings = dict(data.get("embedexp") or {})
+            prompts = data.get("prompts") or {}
+            settings.setdefault("query_prefix", prompts.get("query", ""))
+            settings.setdefault("document_prefix", prompts.get("document", ""))
+        pool_cfg = path / "1_Pooling" / "config.json"
+        if "pooling" not in settings and pool_cfg.is_file():
+            p = json.loads(pool_cfg.read_text())
+            settings["pooling"] = "cls" if p.get("pooling_mode_cls_token") else "last_token" if p.get("pooling_mode_lasttoken") else "mean"
+        if "normalize" not in settings and (path / "modules.json").is_file():
+            settings["normalize"] = "Normalize" in (path / "modules.json").read_text()
+        sb = path / "sentence_bert_config.json"
+        if "max_seq_length" not in settings and sb.is_file():
+            settings["max_seq_length"] = int(json.loads(sb.read_text()).get("max_seq_length", 256))
+        settings.update(overrides)
+        return cls(str(path), **settings)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
