@@ -25,11 +25,25 @@ def one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except EmbedexpError as e:
-            print(f"embedexp: error: {e}", file=sys.stderr, flush=True)
+        except Exception as e:
+            user_error = find_user_error(e)
+            if user_error is None:
+                raise
+            print(f"embedexp: error: {user_error}", file=sys.stderr, flush=True)
             sys.exit(2)
 
     return wrapper
+
+
+def find_user_error(e: BaseException | None) -> EmbedexpError | None:
+    """The EmbedexpError behind `e`, also when hydra's instantiate wrapped it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, EmbedexpError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def container(cfg: DictConfig | dict | None) -> dict:

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from embedexp.config import config_dir, register_resolvers, set_offline_defaults
+from embedexp.config import config_dir, quiet_third_party, register_resolvers, set_offline_defaults
 
 set_offline_defaults()
 register_resolvers()
@@ -83,6 +83,7 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
     train(cfg)
 

@@ -91,8 +91,11 @@ class Encoder(nn.Module):
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             backbone = AutoModel.from_pretrained(name, **kwargs)
-        except OSError as e:  # hub name that cannot be reached, or a broken folder
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except (OSError, RuntimeError, ValueError) as e:  # unreachable hub name, broken folder, shape mismatch
+            text = str(e).strip()
+            if "mismatch" in text.lower():
+                text = "weights do not match the shapes in config.json (size mismatch)"
+            first = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"cannot load model {name!r}: {first}") from e
         vocab = len(tokenizer)
         emb = backbone.get_input_embeddings().num_embeddings

@@ -1,0 +1,1 @@
+"""Cross-rank gather and GradCache (not yet implemented; single-process training only)."""

@@ -1,0 +1,1 @@
+"""Hard-negative miners. `miner=none` (the default) trains on the data's own columns."""

@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("EMBEDEXP_DATA", REPO.parent / "shared" / "data"))
+DEMO = REPO / "embedexp" / "data" / "demo"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from embedexp.models.tiny import build_tiny_bert
+
+    return build_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert", seed=0)
+
+
+@pytest.fixture()
+def isolated_cache(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMBEDEXP_CACHE", str(cache))
+    return cache
+
+
+def write_beir(root: Path, corpus: dict, queries: dict, qrels: dict, split: str = "test") -> Path:
+    """A small BEIR folder from python dicts (corpus values: (title, text))."""
+    import json
+
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    with open(root / "corpus.jsonl", "w") as f:
+        for did, (title, text) in corpus.items():
+            f.write(json.dumps({"_id": did, "title": title, "text": text}) + "\n")
+    with open(root / "queries.jsonl", "w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    with open(root / "qrels" / f"{split}.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs in qrels.items():
+            for did, g in docs.items():
+                f.write(f"{qid}\t{did}\t{g}\n")
+    return root
