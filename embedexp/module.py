@@ -10,6 +10,24 @@ from embedexp.models import Encoder
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
+def loss_attr(loss: torch.nn.Module, name: str):
+    """An attribute of the loss or of the loss it wraps (Matryoshka)."""
+    while loss is not None:
+        value = getattr(loss, name, None)
+        if value is not None and value is not False:
+            return value
+        loss = getattr(loss, "loss", None)
+    return None
+
+
+@torch.no_grad()
+def guide_embeddings(guide, texts: list[list[str]], kinds, device) -> list[torch.Tensor]:
+    """Frozen guide model (GISTEmbed): embeddings of the same texts, never part of the graph."""
+    if guide.device != device:
+        guide.to(device)
+    return [guide.encode(col, kind, batch_size=len(col)).to(device) for col, kind in zip(texts, kinds)]
+
+
 class EmbeddingModule(L.LightningModule):
     def __init__(
         self,
@@ -27,10 +45,22 @@ class EmbeddingModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        embeddings = [self.encoder(features) for features in batch["features"]]
-        loss = self.loss(embeddings, batch.get("labels"))
-        self.log("train/loss", loss, prog_bar=True, batch_size=embeddings[0].shape[0])
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["texts"][0]))
         return loss
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        features = batch["features"]
+        labels = batch.get("labels")
+        if loss_attr(self.loss, "needs_tokens"):
+            # TSDAE: only the damaged column is encoded; the original's token ids are the decoder's target
+            return self.loss([self.encoder(features[0])], labels, target_features=features[1])
+        embeddings = [self.encoder(f) for f in features]
+        extra = {}
+        guide = loss_attr(self.loss, "guide")
+        if guide is not None:
+            extra["guide_embeddings"] = guide_embeddings(guide, batch["texts"], batch["kinds"], embeddings[0].device)
+        return self.loss(embeddings, labels, **extra)
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -32,19 +32,20 @@ def train(cfg: DictConfig) -> dict:
 
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
-    if cfg.miner.get("name", "none") != "none":
-        from embedexp.errors import ConfigError
-
-        raise ConfigError(f"miner={cfg.miner.name!r} is not available yet; use miner=none")
     loss = instantiate(cfg.loss)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     train_set = datamodule.load()
+    if cfg.miner.get("name", "none") != "none":
+        train_set = instantiate(cfg.miner).mine(train_set)
+        datamodule.set_train_set(train_set)
     check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, cfg.data.get("name", "?"))
     log.info("training data: %d rows, columns %s", len(train_set), train_set.columns)
     evaluator = Evaluator(**container(cfg.eval))
 
     # 2. the model
     encoder = instantiate(cfg.model)
+    if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
+        loss.attach(encoder)
     datamodule.set_tokenizer(encoder.tokenize)
     module = EmbeddingModule(encoder, loss, **optim_kwargs)
 

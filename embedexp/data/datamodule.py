@@ -16,14 +16,14 @@ Tokenize = Callable[[list[str], str], dict[str, torch.Tensor]]
 
 class _Rows(Dataset):
     def __init__(self, train_set: TrainSet) -> None:
-        self.rows = train_set.rows
-        self.labels = train_set.labels
+        self.train_set = train_set
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.train_set)
 
     def __getitem__(self, i: int):
-        return self.rows[i], (self.labels[i] if self.labels is not None else None)
+        labels = self.train_set.labels
+        return self.train_set.get(i), (labels[i] if labels is not None else None)
 
 
 class ColumnCollator:
@@ -35,8 +35,9 @@ class ColumnCollator:
 
     def __call__(self, items) -> dict[str, Any]:
         rows = [r for r, _ in items]
-        features = [self.tokenize([row[c] for row in rows], kind) for c, kind in enumerate(self.kinds)]
-        batch: dict[str, Any] = {"features": features}
+        texts = [[row[c] for row in rows] for c in range(len(self.kinds))]
+        features = [self.tokenize(col, kind) for col, kind in zip(texts, self.kinds)]
+        batch: dict[str, Any] = {"features": features, "texts": texts, "kinds": self.kinds}
         if items[0][1] is not None:
             batch["labels"] = torch.tensor([lab for _, lab in items], dtype=torch.float32)
         return batch
@@ -75,8 +76,12 @@ class EmbeddingDataModule(L.LightningDataModule):
     def load(self) -> TrainSet:
         """Read and validate the training data (cheap; done before any model loads)."""
         if self.train_set is None:
-            self.train_set = build_train_set(self.train_spec)
+            self.train_set = build_train_set(self.train_spec, seed=self.seed)
         return self.train_set
+
+    def set_train_set(self, train_set: TrainSet) -> None:
+        """Replace the rows (a miner adds negative columns before training)."""
+        self.train_set = train_set
 
     def set_tokenizer(self, tokenize: Tokenize) -> None:
         self.tokenize = tokenize

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import random
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from embedexp.data.readers import doc_text, load_corpus, load_pairs, load_qrels, load_queries, load_sts
+from embedexp.data.readers import (
+    DataError,
+    _jsonl,
+    doc_text,
+    load_corpus,
+    load_pairs,
+    load_qrels,
+    load_queries,
+    load_sts,
+)
 from embedexp.errors import ConfigError
 
-FORMATS = ("beir", "pairs", "sts")
+FORMATS = ("beir", "pairs", "labeled_pairs", "sts", "sentences")
 
 
 @dataclass
@@ -18,9 +31,18 @@ class TrainSet:
     rows: list[tuple[str, ...]]
     labels: list[float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # retrieval-shaped sets keep ids so a miner can add negatives
+    query_ids: list[str] | None = None
+    corpus: dict[str, str] | None = None  # doc id -> text as encoded
+    qrels: dict[str, dict[str, int]] | None = None
+    # per-row text transform (TSDAE noise): row -> row
+    transform: Any = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def get(self, i: int) -> tuple[str, ...]:
+        return self.transform(i, self.rows[i]) if self.transform else self.rows[i]
 
 
 def beir_pairs(root: str, split: str = "train", on_error: str = "raise", min_grade: int = 1) -> TrainSet:
@@ -28,13 +50,22 @@ def beir_pairs(root: str, split: str = "train", on_error: str = "raise", min_gra
     corpus = load_corpus(root, on_error)
     queries = load_queries(root, on_error)
     qrels = load_qrels(root, split, queries, corpus, on_error)
-    rows = [
-        (queries[qid], doc_text(corpus[did]))
-        for qid, docs in qrels.items()
-        for did, grade in docs.items()
-        if grade >= min_grade
-    ]
-    return TrainSet(("anchor", "positive"), ("query", "document"), rows, info={"queries": len(qrels), "corpus": len(corpus)})
+    texts = {did: doc_text(d) for did, d in corpus.items()}
+    rows, qids = [], []
+    for qid, docs in qrels.items():
+        for did, grade in docs.items():
+            if grade >= min_grade:
+                rows.append((queries[qid], texts[did]))
+                qids.append(qid)
+    return TrainSet(
+        ("anchor", "positive"),
+        ("query", "document"),
+        rows,
+        info={"queries": len(qrels), "corpus": len(corpus)},
+        query_ids=qids,
+        corpus=texts,
+        qrels=qrels,
+    )
 
 
 def pair_rows(path: str, on_error: str = "raise") -> TrainSet:
@@ -44,25 +75,109 @@ def pair_rows(path: str, on_error: str = "raise") -> TrainSet:
     return TrainSet(columns, ("query",) + ("document",) * (1 + n_neg), rows)
 
 
-def sts_rows(path: str, on_error: str = "raise", max_score: float = 5.0) -> TrainSet:
-    """(text_a, text_b) with label = score / max_score in [0, 1]."""
+def labeled_pair_rows(path: str, on_error: str = "raise") -> TrainSet:
+    """jsonl rows {"text_a": ..., "text_b": ..., "label": number} (e.g. 0/1 for contrastive losses)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"labeled pairs file {path} does not exist")
+    rows, labels = [], []
+    for lineno, obj in _jsonl(path, on_error):
+        a, b, lab = obj.get("text_a"), obj.get("text_b"), obj.get("label")
+        ok = isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()
+        if not ok or not isinstance(lab, (int, float)) or isinstance(lab, bool):
+            if on_error == "raise":
+                raise DataError(f"{path}: line {lineno}: expected non-empty 'text_a', 'text_b' and a numeric 'label'")
+            continue
+        rows.append((a, b))
+        labels.append(float(lab))
+    return TrainSet(("text_a", "text_b"), ("document", "document"), rows, labels=labels)
+
+
+def sts_rows(path: str, on_error: str = "raise", max_score: float = 5.0, binary_threshold: float | None = None) -> TrainSet:
+    """(text_a, text_b) with label = score / max_score in [0, 1], or 1/0 by `binary_threshold` on the raw score."""
     data = load_sts(path, max_score=max_score, on_error=on_error)
+    if binary_threshold is None:
+        labels = [s / max_score for _, _, s in data]
+    else:
+        labels = [1.0 if s >= binary_threshold else 0.0 for _, _, s in data]
+    return TrainSet(("text_a", "text_b"), ("document", "document"), [(a, b) for a, b, _ in data], labels=labels)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+
+
+class DeleteNoise:
+    """Row transform for TSDAE: (text,) -> (damaged, original); the same deletion for the same row and seed."""
+
+    def __init__(self, ratio: float, seed: int) -> None:
+        from embedexp.data.noise import delete_words
+
+        self.delete_words = delete_words
+        self.ratio = ratio
+        self.seed = seed
+
+    def __call__(self, i: int, row: tuple[str, ...]) -> tuple[str, str]:
+        return self.delete_words(row[0], self.ratio, random.Random(self.seed * 1_000_003 + i)), row[0]
+
+
+def sentence_rows(
+    root: str | None = None,
+    path: str | None = None,
+    unit: str = "sentence",
+    max_rows: int | None = None,
+    min_words: int = 4,
+    deletion_ratio: float = 0.6,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> TrainSet:
+    """Unlabelled text for TSDAE: a BEIR corpus (`root`) or a text file (`path`, one text per line).
+
+    unit="sentence" splits documents into sentences; rows are (damaged, original) after deletion noise.
+    """
+    if unit not in ("sentence", "document"):
+        raise ConfigError(f"data.train.unit={unit!r}; expected 'sentence' or 'document'")
+    if root:
+        texts = [doc_text(d) for d in load_corpus(root, on_error).values()]
+    elif path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise DataError(f"sentences file {p} does not exist")
+        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise DataError(f"{p}: no text lines")
+    else:
+        raise ConfigError("data.train needs `root` (a BEIR folder) or `path` (a text file) for format=sentences")
+    if unit == "sentence":
+        texts = [s.strip() for t in texts for s in _SENTENCE_END.split(t)]
+    rows = [(t,) for t in texts if len(t.split()) >= min_words]
+    if max_rows:
+        rows = random.Random(seed).sample(rows, min(max_rows, len(rows)))
     return TrainSet(
-        ("text_a", "text_b"),
+        ("damaged", "original"),
         ("document", "document"),
-        [(a, b) for a, b, _ in data],
-        labels=[s / max_score for _, _, s in data],
+        rows,
+        transform=DeleteNoise(deletion_ratio, seed),
+        info={"unit": unit},
     )
 
 
-def build_train_set(spec: dict) -> TrainSet:
+def build_train_set(spec: dict, seed: int = 0) -> TrainSet:
     spec = dict(spec)
     fmt = spec.pop("format", None)
     on_error = spec.pop("on_error", "raise")
-    if fmt == "beir":
-        return beir_pairs(spec["root"], spec.get("split", "train"), on_error, int(spec.get("min_grade", 1)))
-    if fmt == "pairs":
-        return pair_rows(spec["path"], on_error)
-    if fmt == "sts":
-        return sts_rows(spec["path"], on_error, float(spec.get("max_score", 5.0)))
+    try:
+        if fmt == "beir":
+            return beir_pairs(spec["root"], spec.get("split", "train"), on_error, int(spec.get("min_grade", 1)))
+        if fmt == "pairs":
+            return pair_rows(spec["path"], on_error)
+        if fmt == "labeled_pairs":
+            return labeled_pair_rows(spec["path"], on_error)
+        if fmt == "sts":
+            return sts_rows(spec["path"], on_error, float(spec.get("max_score", 5.0)), spec.get("binary_threshold"))
+        if fmt == "sentences":
+            return sentence_rows(seed=seed, on_error=on_error, **spec)
+    except KeyError as e:
+        raise ConfigError(f"data.train.{e.args[0]} is required for format={fmt}") from None
+    except TypeError as e:
+        raise ConfigError(f"data.train for format={fmt}: {e}") from None
     raise ConfigError(f"data.train.format={fmt!r}; expected one of {', '.join(FORMATS)}")

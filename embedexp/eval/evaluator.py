@@ -31,16 +31,19 @@ class Evaluator:
         map_at: list[int] = (10,),
         cache_dir: str | None = None,
         show_progress: bool = True,
+        dims: list[int] | None = None,
     ) -> None:
         self.sets = load_eval_sets(sets)
         self.batch_size = batch_size
         self.ks = {"ndcg_at": list(ndcg_at), "recall_at": list(recall_at), "mrr_at": list(mrr_at), "map_at": list(map_at)}
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.show_progress = show_progress
+        # Matryoshka: also score embeddings truncated to each of these dims (re-normalised)
+        self.dims = sorted({int(d) for d in dims}, reverse=True) if dims else []
 
     def _key(self, encoder) -> str:
         h = hashlib.blake2b(digest_size=16)
-        h.update(json.dumps({"v": CACHE_VERSION, "ks": self.ks, "model": encoder.fingerprint()}, sort_keys=True).encode())
+        h.update(json.dumps({"v": CACHE_VERSION, "ks": self.ks, "dims": self.dims, "model": encoder.fingerprint()}, sort_keys=True).encode())
         for s in self.sets:
             h.update(f"{s.name}:{s.fingerprint}".encode())
         return h.hexdigest()
@@ -76,11 +79,21 @@ class Evaluator:
         q = encoder.encode(s.queries, "query", self.batch_size, self.show_progress, desc=f"{s.name}: queries")
         d = encoder.encode(s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus")
         k = max(max(v) for v in self.ks.values() if v)
-        run = retrieve(s.query_ids, q, s.doc_ids, d, k)
-        return ir_metrics(run, s.qrels, **self.ks)
+        out = {}
+        for dim, suffix in self._dims(q.shape[1]):
+            run = retrieve(s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k)
+            out.update({f"{name}{suffix}": v for name, v in ir_metrics(run, s.qrels, **self.ks).items()})
+        return out
 
     def _sts(self, encoder, s: STSSet) -> dict[str, float]:
         a = encoder.encode(s.text_a, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence1")
         b = encoder.encode(s.text_b, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence2")
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).tolist()
-        return {"spearman": spearman(cos, s.scores), "pearson": pearson(cos, s.scores)}
+        out = {}
+        for dim, suffix in self._dims(a.shape[1]):
+            cos = torch.nn.functional.cosine_similarity(a[:, :dim], b[:, :dim], dim=-1).tolist()
+            out.update({f"spearman{suffix}": spearman(cos, s.scores), f"pearson{suffix}": pearson(cos, s.scores)})
+        return out
+
+    def _dims(self, full: int) -> list[tuple[int, str]]:
+        """(dim, metric-name suffix): the full embedding, then each smaller Matryoshka dim."""
+        return [(full, "")] + [(d, f"@dim{d}") for d in self.dims if d < full]
