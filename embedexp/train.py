@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,13 +20,49 @@ from embedexp.run_utils import check_loss_fits_data, container, one_line_errors,
 log = logging.getLogger("embedexp.train")
 
 
+def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, out_dir: Path, callbacks, loggers):
+    import lightning as L
+
+    from embedexp.module import EmbeddingModule
+
+    if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
+        loss.attach(encoder)
+    datamodule.set_tokenizer(encoder.tokenize)
+    module = EmbeddingModule(encoder, loss, **optim_kwargs)
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(out_dir),
+        enable_checkpointing=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(data_cfg, seed=seed)
+    train_set = datamodule.load()
+    if miner_cfg is not None and miner_cfg.get("name", "none") != "none":
+        train_set = instantiate(miner_cfg).mine(train_set)
+        datamodule.set_train_set(train_set)
+    check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, name)
+    log.info("%s data: %d rows, columns %s", name, len(train_set), train_set.columns)
+    return datamodule, train_set
+
+
 def train(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
     from embedexp.eval import EvaluationCallback, Evaluator
     from embedexp.eval.report import markdown_table, write_results
-    from embedexp.module import EmbeddingModule
 
     out_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
@@ -33,33 +70,35 @@ def train(cfg: DictConfig) -> dict:
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     loss = instantiate(cfg.loss)
-    datamodule = instantiate(cfg.data, seed=cfg.seed)
-    train_set = datamodule.load()
-    if cfg.miner.get("name", "none") != "none":
-        train_set = instantiate(cfg.miner).mine(train_set)
-        datamodule.set_train_set(train_set)
-    check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, cfg.data.get("name", "?"))
-    log.info("training data: %d rows, columns %s", len(train_set), train_set.columns)
+    datamodule, train_set = _prepare_data(cfg.data, loss, cfg.miner, cfg.seed, f"data={cfg.data.get('name', '?')}")
+    pretrain = cfg.get("pretrain")
+    if pretrain:
+        pre_loss = instantiate(pretrain.loss)
+        pre_data, _ = _prepare_data(pretrain.data, pre_loss, None, cfg.seed, "pretrain.data")
+        pre_optim, pre_trainer = split_trainer_cfg(OmegaConf.merge(cfg.trainer, pretrain.get("trainer") or {}))
     evaluator = Evaluator(**container(cfg.eval))
 
-    # 2. the model
+    # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
-    if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
-        loss.attach(encoder)
-    datamodule.set_tokenizer(encoder.tokenize)
-    module = EmbeddingModule(encoder, loss, **optim_kwargs)
+    dims = getattr(loss, "dims", None)
+    if dims:
+        from embedexp.losses.matryoshka import check_dims
 
+        check_dims(dims, encoder.dim)
     loggers = [instantiate(lg) for lg in container(cfg.get("logger")).values() if lg]
     eval_cb = EvaluationCallback(evaluator)
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        logger=loggers or False,
-        callbacks=[eval_cb],
-        default_root_dir=str(out_dir),
-        enable_checkpointing=False,
-    )
+    if _is_rank_zero():
+        eval_cb.base = evaluator.evaluate(encoder, use_cache=True)
+
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    stages = []
+    if pretrain:
+        log.info("stage 1 (pretrain): %s", type(pre_loss).__name__)
+        trainer = _fit(encoder, pre_loss, pre_data, pre_trainer, pre_optim, out_dir / "pretrain", [], loggers)
+        stages.append({"stage": "pretrain", "loss": type(pre_loss).__name__, "steps": trainer.global_step,
+                       "model_dir": str(encoder.save(out_dir / "pretrain" / "model"))})
+    trainer = _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, out_dir, [eval_cb], loggers)
+    stages.append({"stage": "train", "loss": type(loss).__name__, "steps": trainer.global_step})
     train_seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}
@@ -70,9 +109,11 @@ def train(cfg: DictConfig) -> dict:
         "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}: base vs fine-tuned",
         "base_model": str(cfg.model.model_name_or_path),
         "model_dir": str(model_dir),
+        "loss": type(loss).__name__,
         "steps": trainer.global_step,
         "train_rows": len(train_set),
         "fit_seconds_incl_eval": round(train_seconds, 1),
+        "stages": stages,
         "config": container(cfg),
     }
     rows = write_results(out_dir, eval_cb.base, eval_cb.tuned, meta)

@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 
 class EvaluationCallback(L.Callback):
+    """`base` may be filled before fit (e.g. from the cache, or before a pre-training stage)."""
+
     def __init__(self, evaluator: Evaluator, evaluate_base: bool = True) -> None:
         self.evaluator = evaluator
         self.evaluate_base = evaluate_base

@@ -1,3 +1,16 @@
-from embedexp.losses.infonce import InfoNCELoss
+"""One small module per loss; every loss maps embeddings (and labels) to a scalar."""
 
-__all__ = ["InfoNCELoss"]
+from embedexp.losses.contrastive import ContrastiveLoss, OnlineContrastiveLoss
+from embedexp.losses.cosine import CosineSimilarityLoss
+from embedexp.losses.infonce import InfoNCELoss
+from embedexp.losses.triplet import TripletLoss
+from embedexp.losses.tsdae import TSDAELoss
+
+__all__ = [
+    "InfoNCELoss",
+    "TripletLoss",
+    "CosineSimilarityLoss",
+    "ContrastiveLoss",
+    "OnlineContrastiveLoss",
+    "TSDAELoss",
+]
