@@ -44,6 +44,10 @@ class EmbeddingModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
 
+    def on_train_start(self) -> None:
+        # from_pretrained returns models in eval mode and Lightning keeps modes as found: switch dropout on
+        self.train()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["texts"][0]))

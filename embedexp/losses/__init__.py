@@ -2,7 +2,9 @@
 
 from embedexp.losses.contrastive import ContrastiveLoss, OnlineContrastiveLoss
 from embedexp.losses.cosine import CosineSimilarityLoss
+from embedexp.losses.gist import GISTLoss
 from embedexp.losses.infonce import InfoNCELoss
+from embedexp.losses.matryoshka import MatryoshkaLoss
 from embedexp.losses.triplet import TripletLoss
 from embedexp.losses.tsdae import TSDAELoss
 
@@ -13,4 +15,6 @@ __all__ = [
     "ContrastiveLoss",
     "OnlineContrastiveLoss",
     "TSDAELoss",
+    "GISTLoss",
+    "MatryoshkaLoss",
 ]

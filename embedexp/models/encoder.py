@@ -78,6 +78,7 @@ class Encoder(nn.Module):
         self.prefixes = {"query": query_prefix or "", "document": document_prefix or ""}
         self.trust_remote_code = bool(trust_remote_code)
         self.tokenizer, self.backbone = self._load(self.model_name_or_path)
+        self.backbone.train()  # from_pretrained returns eval mode; follow nn.Module's convention (encode() uses eval)
 
     # ---------------------------------------------------------------- loading
     def _load(self, name: str):
