@@ -91,3 +91,13 @@ def test_sts_score_out_of_range(tmp_path):
     sts.write_text("score\tsentence1\tsentence2\n3.0\ta cat\ta dog\n7.5\tone\ttwo\n")
     line = _run(tmp_path, f"data.eval_sets.demo_sts.path={sts}")
     assert f"{sts}: line 3: score 7.5 outside [0, 5.0]" in line
+
+
+def test_triplet_on_pairs_without_miner_is_refused(tmp_path):
+    line = _run(tmp_path, "loss=triplet")
+    assert "needs columns ('anchor', 'positive', 'negative_1')" in line and "data=demo gives ('anchor', 'positive')" in line
+
+
+def test_matryoshka_dims_larger_than_model(tmp_path):
+    line = _run(tmp_path, "loss=matryoshka", "loss.dims=[64,32]")
+    assert "loss.dims" in line and "64" in line

@@ -170,7 +170,7 @@ class TSDAELoss(nn.Module):
         tied: list[str] = []
         if self.tie_encoder_decoder:
             tied = self._tie(decoder, backbone, key)
-        self.decoder = decoder
+        self.decoder = decoder.train()  # from_pretrained returns eval mode
         self.tied_names = tied
         self._encoder_param_ids = frozenset(id(p) for p in backbone.parameters())
         logger.info(
