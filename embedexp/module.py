@@ -1,10 +1,19 @@
-"""The LightningModule: encode every column, then the loss on the embeddings."""
+"""The LightningModule: encode every column, then the loss on the embeddings.
+
+In-batch-negative losses see every rank's rows (cross-rank gather) under DDP. With
+`grad_cache.chunk_size` set, the step runs GradCache with manual optimisation.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import lightning as L
 import torch
 
+from embedexp.distributed.gather import gather, gather_no_grad, local_rows, world
+from embedexp.distributed.grad_cache import grad_cache_backward, loss_and_embedding_grads
+from embedexp.errors import ConfigError
 from embedexp.models import Encoder
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -36,6 +45,9 @@ class EmbeddingModule(L.LightningModule):
         lr: float = 2e-5,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
+        grad_cache: dict | None = None,
+        gradient_clip_val: float | None = None,
+        accumulate_grad_batches: int = 1,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -43,16 +55,27 @@ class EmbeddingModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
+        self.grad_cache = dict(grad_cache or {})
+        self.gradient_clip_val = gradient_clip_val
+        self.accumulate_grad_batches = int(accumulate_grad_batches or 1)
+        if self.grad_cache:
+            if loss_attr(loss, "needs_tokens"):
+                raise ConfigError("trainer.grad_cache is not supported with loss=tsdae (it decodes token ids)")
+            self.automatic_optimization = False
 
     def on_train_start(self) -> None:
         # from_pretrained returns models in eval mode and Lightning keeps modes as found: switch dropout on
         self.train()
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(batch)
+    def training_step(self, batch, batch_idx: int):
+        if self.grad_cache:
+            loss = self._grad_cache_step(batch, batch_idx)
+        else:
+            loss = self.compute_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["texts"][0]))
-        return loss
+        return None if self.grad_cache else loss
 
+    # ---------------------------------------------------------------- plain step
     def compute_loss(self, batch) -> torch.Tensor:
         features = batch["features"]
         labels = batch.get("labels")
@@ -60,12 +83,64 @@ class EmbeddingModule(L.LightningModule):
             # TSDAE: only the damaged column is encoded; the original's token ids are the decoder's target
             return self.loss([self.encoder(features[0])], labels, target_features=features[1])
         embeddings = [self.encoder(f) for f in features]
-        extra = {}
-        guide = loss_attr(self.loss, "guide")
-        if guide is not None:
-            extra["guide_embeddings"] = guide_embeddings(guide, batch["texts"], batch["kinds"], embeddings[0].device)
-        return self.loss(embeddings, labels, **extra)
+        return self._loss_on(embeddings, labels, self._extra(batch, embeddings[0].device))
 
+    def _extra(self, batch, device) -> dict:
+        guide = loss_attr(self.loss, "guide")
+        if guide is None:
+            return {}
+        return {"guide_embeddings": guide_embeddings(guide, batch["texts"], batch["kinds"], device)}
+
+    def _loss_on(self, embeddings, labels, extra) -> torch.Tensor:
+        """Loss of this rank; in-batch-negative losses score against every rank's rows."""
+        if world()[1] == 1 or not loss_attr(self.loss, "in_batch_negatives"):
+            return self.loss(embeddings, labels, **extra)
+        rows = embeddings[0].shape[0]
+        full = [gather(e) for e in embeddings]
+        extra = {k: [gather_no_grad(t) for t in v] if isinstance(v, list) else v for k, v in extra.items()}
+        if loss_attr(self.loss, "supports_anchor_rows"):
+            return self.loss(full, labels, anchor_rows=local_rows(rows), **extra)
+        return self.loss(full, labels, **extra)  # the full-batch loss on every rank: still exact
+
+    # ---------------------------------------------------------------- GradCache step
+    def _grad_cache_step(self, batch, batch_idx: int) -> torch.Tensor:
+        opt = self.optimizers()
+        accumulate = self.accumulate_grad_batches
+        is_update = (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
+        labels = batch.get("labels")
+        extra = self._extra(batch, self.device)
+        value = grad_cache_backward(
+            encoder=self.encoder,
+            column_features=batch["features"],
+            chunk_size=int(self.grad_cache["chunk_size"]),
+            loss_and_grads=lambda cols: loss_and_embedding_grads(
+                self.loss, cols, labels, extra,
+                in_batch_negatives=bool(loss_attr(self.loss, "in_batch_negatives")),
+                supports_anchor_rows=bool(loss_attr(self.loss, "supports_anchor_rows")),
+                anchor_chunk_size=self.grad_cache.get("anchor_chunk_size"),
+            ),
+            backward=lambda emb, grad: self.manual_backward(emb, gradient=grad),
+            no_sync=self._no_sync,
+            sync_last=is_update,
+            grad_scale=1.0 / accumulate,
+        )
+        if is_update:
+            if self.gradient_clip_val:
+                self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
+        return value
+
+    def _no_sync(self):
+        model = self.trainer.strategy.model if self._trainer is not None else None
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, p in self.named_parameters():
@@ -76,6 +151,8 @@ class EmbeddingModule(L.LightningModule):
             lr=self.lr,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if not self.automatic_optimization:  # estimated_stepping_batches counts batches, not updates
+            total = max(total // self.accumulate_grad_batches, 1)
         warmup = int(total * self.warmup_ratio)
 
         def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from embedexp.errors import ConfigError, EmbedexpError
 
 log = logging.getLogger("embedexp")
-OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio")
+OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio", "grad_cache")
 EMBEDEXP_TRAINER_KEYS = OPTIM_KEYS + ("name",)
 
 
@@ -70,6 +70,19 @@ def split_trainer_cfg(cfg: DictConfig) -> tuple[dict, dict]:
     for key in ("lr",):
         if key in optim and not (isinstance(optim[key], (int, float)) and optim[key] > 0):
             raise ConfigError(f"trainer.{key}={optim[key]!r}; expected a number > 0")
+    gc = optim.get("grad_cache")
+    if gc and gc.get("chunk_size") is not None:
+        chunk = gc.get("chunk_size")
+        if not isinstance(chunk, int) or chunk < 1:
+            raise ConfigError(f"trainer.grad_cache.chunk_size={chunk!r}; expected a positive integer (rows per encoder chunk)")
+        anchor = gc.get("anchor_chunk_size")
+        if anchor is not None and (not isinstance(anchor, int) or anchor < 1):
+            raise ConfigError(f"trainer.grad_cache.anchor_chunk_size={anchor!r}; expected a positive integer or null")
+        # manual optimisation: the module clips and accumulates itself
+        optim["gradient_clip_val"] = raw.pop("gradient_clip_val", None)
+        optim["accumulate_grad_batches"] = raw.pop("accumulate_grad_batches", 1)
+    else:
+        optim.pop("grad_cache", None)
     if "warmup_ratio" in optim and not 0 <= optim["warmup_ratio"] < 1:
         raise ConfigError(f"trainer.warmup_ratio={optim['warmup_ratio']!r}; expected a number in [0, 1)")
     return optim, raw

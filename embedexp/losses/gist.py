@@ -82,6 +82,7 @@ def _cos_matrix(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class GISTLoss(nn.Module):
     columns = ("anchor", "positive")  # required; any further columns are extra negatives
     needs_labels = False
+    in_batch_negatives = True  # under DDP it scores every rank's rows (full-batch loss on each rank)
 
     def __init__(
         self,

@@ -12,6 +12,10 @@ With ``symmetric=True`` the positive -> anchor direction is added and the two ar
 
     L_sym = (L + 1/B * sum_i -log( exp s(p_i, a_i) / sum_j exp s(p_i, a_j) )) / 2
 
+``anchor_rows`` (a slice) restricts the sum to those anchors and averages over them, with targets
+offset by the slice start: used for cross-rank gathering (each rank scores its own anchors against
+every rank's candidates) and for GradCache's chunking over anchors.
+
 Reference: van den Oord et al. 2018 (CPC, InfoNCE); Henderson et al. 2017 (in-batch negatives).
 Temperature 0.05 is scale 20, the sentence-transformers default.
 """
@@ -36,6 +40,8 @@ def as_columns(embeddings) -> list[torch.Tensor]:
 
 class InfoNCELoss(nn.Module):
     columns = ("anchor", "positive")  # required; any further columns are extra negatives
+    in_batch_negatives = True
+    supports_anchor_rows = True
 
     def __init__(self, temperature: float = 0.05, symmetric: bool = False) -> None:
         super().__init__()
@@ -44,16 +50,22 @@ class InfoNCELoss(nn.Module):
         self.temperature = float(temperature)
         self.symmetric = bool(symmetric)
 
-    def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: Sequence[torch.Tensor] | dict,
+        labels: torch.Tensor | None = None,
+        anchor_rows: slice | None = None,
+    ) -> torch.Tensor:
         cols = as_columns(embeddings)
         if len(cols) < 2:
             raise ValueError(f"InfoNCE needs (anchor, positive, [negatives...]); got {len(cols)} column(s)")
-        anchor = F.normalize(cols[0], dim=-1)
+        batch = cols[0].shape[0]
+        rows = anchor_rows if anchor_rows is not None else slice(0, batch)
+        anchors = F.normalize(cols[0], dim=-1)
         candidates = F.normalize(torch.cat(cols[1:], dim=0), dim=-1)
-        target = torch.arange(anchor.shape[0], device=anchor.device)
-        scores = anchor @ candidates.T / self.temperature
-        loss = F.cross_entropy(scores, target)
-        if self.symmetric:
-            backward_scores = scores[:, : anchor.shape[0]].T  # s(p_i, a_j)
+        target = torch.arange(rows.start, rows.stop, device=anchors.device)
+        loss = F.cross_entropy(anchors[rows] @ candidates.T / self.temperature, target)
+        if self.symmetric:  # positive_i against all anchors
+            backward_scores = candidates[rows] @ anchors.T / self.temperature
             loss = (loss + F.cross_entropy(backward_scores, target)) / 2
         return loss

@@ -1,0 +1,91 @@
+"""On-disk cache of mining results: `<cache_dir>/<key>.json.gz`, written atomically (temp file + rename).
+
+A file that cannot be read, is not gzip/JSON, or does not carry the expected key and format version is
+ignored with a warning (and overwritten by the next successful run).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger("embedexp.miners")
+
+CACHE_VERSION = 1
+
+
+def hash_json(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def data_fingerprint(train_set) -> str:
+    """Hash of everything mining reads: the corpus (ids, texts, order), the rows' query ids/texts and
+    positives (order), and the qrels."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def feed(parts: Iterable[str]) -> None:
+        for p in parts:
+            b = p.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little"))
+            h.update(b)
+
+    feed(["corpus", str(len(train_set.corpus))])
+    for did, text in train_set.corpus.items():
+        feed((did, text))
+    feed(["rows", str(len(train_set.rows))])
+    for qid, row in zip(train_set.query_ids, train_set.rows):
+        feed((qid, row[0], row[1]))
+    feed(["qrels", json.dumps(train_set.qrels, sort_keys=True)])
+    return h.hexdigest()
+
+
+def folder_fingerprint(path: str | Path, extra: dict | None = None) -> str:
+    """Hash of a model folder's files (names + bytes) and settings; keys cross-encoder results."""
+    path = Path(path)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps(extra or {}, sort_keys=True).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir).expanduser() / f"{key}.json.gz"
+
+
+def read_cache(cache_dir: str | Path, key: str, kind: str) -> dict | None:
+    path = cache_path(cache_dir, key)
+    if not path.is_file():
+        return None
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            obj = json.load(f)
+        if not isinstance(obj, dict) or obj.get("version") != CACHE_VERSION or obj.get("key") != key or obj.get("kind") != kind:
+            raise ValueError("unexpected content")
+        return obj
+    except Exception as e:  # corrupt, truncated, or from another version: recompute
+        log.warning("mining cache %s is unreadable (%s); ignoring it", path, type(e).__name__ if not str(e) else str(e).splitlines()[0])
+        return None
+
+
+def write_cache(cache_dir: str | Path, key: str, kind: str, payload: dict) -> Path:
+    path = cache_path(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    obj = {"version": CACHE_VERSION, "key": key, "kind": kind, **payload}
+    try:
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
