@@ -1,0 +1,79 @@
+"""`embedexp-mine` / `python -m embedexp.mine`: mine (hard) negatives alone and write them as a pairs file.
+
+Output, in the run folder: `mined.jsonl` (rows {"anchor", "positive", "negatives": [...]}, what `data=pairs`
+reads) and `mining_stats.json` (what every filter removed, short rows, cache use, timings, the config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from embedexp.config import config_dir, quiet_third_party, register_resolvers, set_offline_defaults
+
+set_offline_defaults()
+register_resolvers()
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from embedexp.run_utils import container, one_line_errors  # noqa: E402
+
+log = logging.getLogger("embedexp.mine")
+
+
+def write_pairs(path: Path, train_set) -> Path:
+    """Rows (anchor, positive, negative_1..n) -> jsonl, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in train_set.rows:
+            f.write(json.dumps({"anchor": row[0], "positive": row[1], "negatives": list(row[2:])}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def mine(cfg: DictConfig) -> dict:
+    from hydra.utils import instantiate
+
+    from embedexp.errors import ConfigError
+
+    if cfg.miner is None or "_target_" not in cfg.miner:
+        raise ConfigError(f"miner={cfg.miner.get('name', 'none') if cfg.miner else 'none'} has nothing to mine; "
+                          "choose miner=bm25, dense, cross_encoder or random")
+    out_dir = Path(cfg.paths.output_dir)
+    train_set = instantiate(cfg.data, seed=cfg.seed).load()
+    miner = instantiate(cfg.miner)
+    encoder = instantiate(cfg.model) if getattr(miner, "needs_encoder", False) else None
+    mined = miner.mine(train_set, encoder=encoder)
+    pairs = write_pairs(out_dir / f"{cfg.output_name}.jsonl", mined)
+    stats = {
+        "rows": len(mined),
+        "columns": list(mined.columns),
+        "pairs_file": str(pairs),
+        "mining": mined.info.get("mining", {"miner": mined.info.get("miner")}),
+        "config": container(cfg),
+    }
+    stats_path = out_dir / "mining_stats.json"
+    stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+    m = stats["mining"]
+    if "removed" in m:
+        print("removed by filter: " + ", ".join(f"{k}={v}" for k, v in m["removed"].items()))
+        print(f"rows: {m['rows_in']} in, {m['rows_out']} out; {m['rows_short']} rows ({m['queries_short']} queries) "
+              f"got fewer than {cfg.miner.get('n_negatives')} negatives; cache: {m.get('cache')}")
+    print(f"mined: {pairs}\nstats: {stats_path}")
+    print(f"train on it: embedexp-train data=pairs data.train.path={pairs}")
+    return stats
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="mine")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    quiet_third_party()
+    mine(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,391 @@
+"""Hard-negative mining shared by the bm25, dense and cross-encoder miners.
+
+A miner ranks the corpus for every training query (`_rank`, the expensive part), then picks each row's
+negatives from its query's top `top_k` candidates through the filters below (cheap). Both stages are cached
+on disk: the ranking under a key of data + scorer settings + model fingerprint, the picked negatives (and the
+filter statistics) under that key + the filter settings. A sweep that only changes the loss hits both; one that
+changes a filter re-uses the ranking.
+
+Filters, applied in this order to the candidates at ranks 0..top_k-1 (each count in the statistics is the
+number of candidates that filter removed among those the earlier filters kept):
+
+  rank_window      ranks < skip_top                       (skip the top ranks: likely unlabelled positives)
+  known_positives  the row's positive (by id or identical text) and, with exclude_positives=all, every
+                   document of the query's qrels with grade > 0 (and documents with the same text)
+  max_score        score > max_score
+  margin           score > positive_score - margin
+  relative_margin  score > positive_score - relative_margin * |positive_score|   (also for negative scores)
+
+Then `n_negatives` are taken from the survivors: the best ranked (sampling=top) or a seeded random sample
+(sampling=random), kept in rank order. Rows with fewer survivors are dropped (on_short=drop) or fail the run
+(on_short=fail).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from embedexp.data.train_sets import TrainSet
+from embedexp.errors import ConfigError
+from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write_cache
+
+log = logging.getLogger("embedexp.miners")
+
+FILTERS = ("rank_window", "known_positives", "max_score", "margin", "relative_margin")
+EXCLUDE = ("all", "pair")
+SAMPLING = ("top", "random")
+ON_SHORT = ("drop", "fail")
+
+
+# ---------------------------------------------------------------- validation helpers
+def check_int(key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}; expected an integer >= {minimum}")
+    return value
+
+
+def check_number(key: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+                 optional: bool = True, above: float | None = None) -> float | None:
+    if value is None and optional:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+    ok = ok and (above is None or value > above)
+    if not ok:
+        parts = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
+                 f"<= {maximum}" if maximum is not None else ""]
+        rng = " and ".join(p for p in parts if p)
+        raise ConfigError(f"{key}={value!r}; expected {'null or ' if optional else ''}a number{' ' + rng if rng else ''}")
+    return float(value)
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def check_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}; expected true or false")
+    return value
+
+
+# ---------------------------------------------------------------- ranking helpers
+def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a (n, m) score matrix: score descending, ties by column ascending.
+
+    The same order as a stable sort of -scores (and as Python's `sorted(..., reverse=True)` on
+    `enumerate(scores)`), computed with argpartition; ties at the k-th place are resolved exactly.
+    """
+    scores = np.asarray(scores)
+    n, m = scores.shape
+    k = min(int(k), m)
+    if k <= 0:
+        return np.empty((n, 0), np.int64), np.empty((n, 0), scores.dtype)
+    if 4 * k >= m:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    else:
+        kth = np.partition(scores, m - k, axis=1)[:, m - k]  # the k-th largest score of each row
+        mask = scores >= kth[:, None]
+        counts = mask.sum(axis=1)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cols = np.nonzero(mask)[1]  # grouped by row, ascending column within a row
+        order = np.empty((n, k), np.int64)
+        simple = np.flatnonzero(counts == k)  # no tie across the k-th place: exactly k candidates
+        if len(simple):
+            c = cols[starts[simple][:, None] + np.arange(k)]
+            o = np.argsort(-scores[simple[:, None], c], axis=1, kind="stable")
+            order[simple] = np.take_along_axis(c, o, axis=1)
+        for r in np.flatnonzero(counts != k).tolist():
+            c = cols[starts[r] : starts[r] + counts[r]]
+            order[r] = c[np.argsort(-scores[r, c], kind="stable")[:k]]
+    return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
+
+
+def filter_candidates(
+    scores: np.ndarray,
+    ranks: np.ndarray,
+    is_positive: np.ndarray,
+    positive_score: float,
+    skip_top: int = 0,
+    max_score: float | None = None,
+    margin: float | None = None,
+    relative_margin: float | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Keep-mask over one row's candidates and how many each filter removed (in FILTERS order)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = np.ones(len(scores), dtype=bool)
+    removed: dict[str, int] = {}
+
+    def apply(name: str, remove: np.ndarray | None) -> None:
+        if remove is None:
+            removed[name] = 0
+            return
+        hit = keep & remove
+        removed[name] = int(hit.sum())
+        keep[hit] = False
+
+    apply("rank_window", np.asarray(ranks) < skip_top)
+    apply("known_positives", np.asarray(is_positive, dtype=bool))
+    apply("max_score", scores > max_score if max_score is not None else None)
+    apply("margin", scores > positive_score - margin if margin is not None else None)
+    apply(
+        "relative_margin",
+        scores > positive_score - relative_margin * abs(positive_score) if relative_margin is not None else None,
+    )
+    return keep, removed
+
+
+class HardNegativeMiner:
+    """Base class; subclasses implement `_rank` (and `_score_texts` for positives outside the corpus)."""
+
+    kind = "base"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        n_negatives: int = 1,
+        top_k: int = 50,
+        skip_top: int = 0,
+        exclude_positives: str = "all",
+        margin: float | None = None,
+        relative_margin: float | None = None,
+        max_score: float | None = None,
+        sampling: str = "top",
+        seed: int = 0,
+        on_short: str = "drop",
+        cache: bool = True,
+        cache_dir: str | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.name = name or self.kind
+        self.n_negatives = check_int("miner.n_negatives", n_negatives, 1)
+        self.top_k = check_int("miner.top_k", top_k, 1)
+        self.skip_top = check_int("miner.skip_top", skip_top, 0)
+        if self.skip_top >= self.top_k:
+            raise ConfigError(f"miner.skip_top={skip_top!r}; expected an integer < miner.top_k={top_k}")
+        if self.top_k - self.skip_top < self.n_negatives:
+            raise ConfigError(
+                f"miner.n_negatives={n_negatives!r}; expected at most the rank window's size "
+                f"miner.top_k - miner.skip_top = {self.top_k - self.skip_top}"
+            )
+        self.exclude_positives = check_choice("miner.exclude_positives", exclude_positives, EXCLUDE)
+        self.margin = check_number("miner.margin", margin, minimum=0)
+        self.relative_margin = check_number("miner.relative_margin", relative_margin, minimum=0, maximum=1)
+        self.max_score = check_number("miner.max_score", max_score)
+        self.sampling = check_choice("miner.sampling", sampling, SAMPLING)
+        self.seed = check_int("miner.seed", seed, 0)
+        self.on_short = check_choice("miner.on_short", on_short, ON_SHORT)
+        self.cache = check_bool("miner.cache", cache)
+        if self.cache and not cache_dir:
+            raise ConfigError("miner.cache_dir is empty; set a folder or miner.cache=false")
+        self.cache_dir = cache_dir
+        self.show_progress = check_bool("miner.show_progress", show_progress)
+
+    # ---------------------------------------------------------------- for subclasses
+    @property
+    def needs_encoder(self) -> bool:
+        """True when `mine` must be given the encoder being trained (train.py passes it)."""
+        return False
+
+    def scorer_config(self) -> dict:
+        """Everything that changes the ranking (part of the cache key)."""
+        return {"kind": self.kind, "top_k": self.top_k}
+
+    def model_fingerprint(self, encoder=None) -> str | None:
+        return None
+
+    def _rank(self, queries: list[str], docs: list[str], depth: int, pos_pairs: np.ndarray, encoder=None):
+        """-> (indices (nq, depth) int, scores (nq, depth) float, scores of pos_pairs[:, 0] x pos_pairs[:, 1])."""
+        raise NotImplementedError
+
+    def _score_texts(self, queries: list[str], pairs: list[tuple[int, str]], encoder=None) -> np.ndarray:
+        """Scores of (query index, text) pairs for positives that are not in the corpus."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- configuration identity
+    def filter_config(self) -> dict:
+        cfg = {
+            "n_negatives": self.n_negatives,
+            "skip_top": self.skip_top,
+            "exclude_positives": self.exclude_positives,
+            "margin": self.margin,
+            "relative_margin": self.relative_margin,
+            "max_score": self.max_score,
+            "sampling": self.sampling,
+            "on_short": self.on_short,
+        }
+        if self.sampling == "random":
+            cfg["seed"] = self.seed
+        return cfg
+
+    # ---------------------------------------------------------------- mining
+    def mine(self, train_set: TrainSet, encoder=None) -> TrainSet:
+        if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
+            raise ConfigError(f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
+        if self.needs_encoder and encoder is None:
+            raise ConfigError(f"miner={self.name} with miner.model=null mines with the model being trained; "
+                              "pass the encoder to mine() or set miner.model")
+        t_start = time.perf_counter()
+        doc_ids = list(train_set.corpus)
+        docs = list(train_set.corpus.values())
+        if not docs:
+            raise ConfigError(f"miner={self.name}: the corpus is empty")
+        id_to_idx = {d: i for i, d in enumerate(doc_ids)}
+        text_to_idx: dict[str, int] = {}
+        for i, t in enumerate(docs):
+            text_to_idx.setdefault(t, i)
+        canon = np.fromiter((text_to_idx[t] for t in docs), dtype=np.int64, count=len(docs))
+
+        q_index: dict[str, int] = {}
+        queries: list[str] = []
+        row_q = np.empty(len(train_set.rows), dtype=np.int64)
+        row_pos = np.empty(len(train_set.rows), dtype=np.int64)
+        for r, (qid, row) in enumerate(zip(train_set.query_ids, train_set.rows)):
+            if qid not in q_index:
+                q_index[qid] = len(queries)
+                queries.append(row[0])
+            row_q[r] = q_index[qid]
+            pos = next((id_to_idx[d] for d in train_set.qrels.get(qid, {}) if d in id_to_idx and docs[id_to_idx[d]] == row[1]), None)
+            row_pos[r] = pos if pos is not None else text_to_idx.get(row[1], -1)
+        depth = min(self.top_k, len(docs))
+
+        model_fp = self.model_fingerprint(encoder)
+        score_key = hash_json({"data": data_fingerprint(train_set), "scorer": self.scorer_config(), "model": model_fp})
+        full_key = hash_json({"scoring": score_key, "filters": self.filter_config()})
+
+        if self.cache:
+            hit = read_cache(self.cache_dir, full_key, "mined")
+            if hit is not None and len(hit["negatives"]) == len(train_set.rows):
+                stats = {**hit["stats"], "cache": "hit", "seconds": {"total": round(time.perf_counter() - t_start, 3)}}
+                log.info("miner=%s: cache hit (%s)", self.name, full_key)
+                return self._output(train_set, docs, hit["negatives"], stats)
+
+        cand = read_cache(self.cache_dir, score_key, "candidates") if self.cache else None
+        if cand is not None and len(cand["pos_scores"]) == len(train_set.rows) and len(cand["indices"]) == len(queries):
+            idx = np.asarray(cand["indices"], dtype=np.int64).reshape(len(queries), -1)
+            scores = np.asarray(cand["scores"], dtype=np.float64).reshape(len(queries), -1)
+            pos_scores = np.asarray(cand["pos_scores"], dtype=np.float64)
+            cache_state, t_score = "candidates", 0.0
+            log.info("miner=%s: re-using the cached ranking (%s)", self.name, score_key)
+        else:
+            t0 = time.perf_counter()
+            in_corpus = row_pos >= 0
+            pairs = np.unique(np.stack([row_q[in_corpus], row_pos[in_corpus]], axis=1), axis=0) if in_corpus.any() \
+                else np.empty((0, 2), np.int64)
+            idx, scores, pair_scores = self._rank(queries, docs, depth, pairs, encoder)
+            idx = np.asarray(idx, dtype=np.int64)
+            scores = np.asarray(scores, dtype=np.float64)
+            pos_scores = np.empty(len(train_set.rows), dtype=np.float64)
+            lookup = {(int(q), int(d)): float(s) for (q, d), s in zip(pairs, np.asarray(pair_scores, dtype=np.float64))}
+            for r in np.flatnonzero(in_corpus):
+                pos_scores[r] = lookup[(int(row_q[r]), int(row_pos[r]))]
+            outside = np.flatnonzero(~in_corpus)
+            if len(outside):
+                extra = self._score_texts(queries, [(int(row_q[r]), train_set.rows[r][1]) for r in outside], encoder)
+                pos_scores[outside] = np.asarray(extra, dtype=np.float64)
+            t_score = time.perf_counter() - t0
+            cache_state = "miss" if self.cache else "off"
+            if self.cache:
+                write_cache(self.cache_dir, score_key, "candidates", {
+                    "scorer": self.scorer_config(), "model": model_fp,
+                    "indices": idx.tolist(), "scores": scores.tolist(), "pos_scores": pos_scores.tolist(),
+                })
+
+        t0 = time.perf_counter()
+        negatives, stats = self._select(train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores)
+        stats.update({
+            "cache": cache_state,
+            "seconds": {"scoring": round(t_score, 3), "filtering": round(time.perf_counter() - t0, 3),
+                        "total": round(time.perf_counter() - t_start, 3)},
+        })
+        if self.cache:
+            write_cache(self.cache_dir, full_key, "mined", {"scoring_key": score_key, "filters": self.filter_config(),
+                                                            "negatives": negatives, "stats": stats})
+        return self._output(train_set, docs, negatives, stats)
+
+    def _select(self, train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores):
+        n_rows, depth = len(train_set.rows), idx.shape[1]
+        known: dict[str, np.ndarray] = {}
+        for qid, rels in train_set.qrels.items():
+            known[qid] = np.array(sorted({int(canon[id_to_idx[d]]) for d, g in rels.items() if g > 0 and d in id_to_idx}), dtype=np.int64)
+        ranks = np.arange(depth)
+        removed = {f: 0 for f in FILTERS}
+        rng = np.random.default_rng(self.seed)
+        negatives: list[list[int] | None] = []
+        short_rows, short_queries, positives_retrieved = 0, set(), 0
+        for r in range(n_rows):
+            qi, qid = int(row_q[r]), train_set.query_ids[r]
+            cand = idx[qi]
+            drop = [known.get(qid, np.empty(0, np.int64))] if self.exclude_positives == "all" else []
+            if row_pos[r] >= 0:
+                drop.append(np.array([canon[row_pos[r]]], dtype=np.int64))
+                positives_retrieved += bool((cand == row_pos[r]).any())
+            is_pos = np.isin(canon[cand], np.concatenate(drop)) if drop else np.zeros(depth, bool)
+            keep, rem = filter_candidates(scores[qi], ranks, is_pos, float(pos_scores[r]), self.skip_top,
+                                          self.max_score, self.margin, self.relative_margin)
+            for f, c in rem.items():
+                removed[f] += c
+            eligible = np.flatnonzero(keep)
+            if len(eligible) < self.n_negatives:
+                short_rows += 1
+                short_queries.add(qi)
+                negatives.append(None)
+                continue
+            if self.sampling == "top":
+                chosen = eligible[: self.n_negatives]
+            else:
+                chosen = np.sort(rng.choice(eligible, self.n_negatives, replace=False))
+            negatives.append(cand[chosen].tolist())
+        stats = {
+            "miner": self.name,
+            "scorer": self.scorer_config(),
+            "filters": self.filter_config(),
+            "queries": len(np.unique(row_q)),
+            "rows_in": n_rows,
+            "rows_out": n_rows - short_rows,
+            "candidates": int(n_rows * depth),
+            "removed": removed,
+            "positives_in_top_k": int(positives_retrieved),
+            "rows_short": short_rows,
+            "queries_short": len(short_queries),
+            "rows_dropped": short_rows,
+        }
+        removed_txt = ", ".join(f"{k}={v}" for k, v in removed.items())
+        log.info("miner=%s: %d queries, %d rows x %d candidates; removed by filter: %s", self.name,
+                 stats["queries"], n_rows, depth, removed_txt)
+        log.info("miner=%s: %d rows (%d queries) got fewer than %d negatives%s", self.name, short_rows,
+                 len(short_queries), self.n_negatives, " and were dropped" if short_rows else "")
+        if short_rows and self.on_short == "fail":
+            raise ConfigError(
+                f"miner.on_short=fail: {short_rows} of {n_rows} rows ({len(short_queries)} queries) got fewer than "
+                f"miner.n_negatives={self.n_negatives} negatives after the filters (removed: {removed_txt}); "
+                "relax the filters, raise miner.top_k, or set miner.on_short=drop"
+            )
+        if short_rows == n_rows:
+            raise ConfigError(
+                f"miner={self.name}: no row got miner.n_negatives={self.n_negatives} negatives after the filters "
+                f"(removed: {removed_txt}); relax the filters or raise miner.top_k"
+            )
+        return negatives, stats
+
+    def _output(self, train_set: TrainSet, docs: list[str], negatives: list, stats: dict) -> TrainSet:
+        keep = [r for r, n in enumerate(negatives) if n is not None]
+        rows = [train_set.rows[r][:2] + tuple(docs[d] for d in negatives[r]) for r in keep]
+        n = self.n_negatives
+        return TrainSet(
+            train_set.columns[:2] + tuple(f"negative_{i + 1}" for i in range(n)),
+            train_set.kinds[:2] + ("document",) * n,
+            rows,
+            labels=[train_set.labels[r] for r in keep] if train_set.labels is not None else None,
+            info={**train_set.info, "miner": self.name, "mining": stats},
+            query_ids=[train_set.query_ids[r] for r in keep],
+            corpus=train_set.corpus,
+            qrels=train_set.qrels,
+        )

@@ -1,0 +1,73 @@
+"""Runs one real optimisation step of EmbeddingModule under Lightning (1 or 2 gloo processes) and
+saves, per rank: the parameter gradients the optimiser sees, the batch, the RNG state at batch
+start and the number of gradient all-reduce calls. Imported by spawned processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+ALLREDUCE_CALLS = {"n": 0}
+
+
+def counting_allreduce_hook(state, bucket):
+    ALLREDUCE_CALLS["n"] += 1
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+class CaptureStep(L.Callback):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.rng = None
+        self.batch = None
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning registers comm hooks only on CUDA; count the gloo all-reduce buckets ourselves
+        if isinstance(trainer.strategy.model, torch.nn.parallel.DistributedDataParallel):
+            trainer.strategy.model.register_comm_hook(None, counting_allreduce_hook)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rng = torch.get_rng_state()
+        self.batch = batch
+        ALLREDUCE_CALLS["n"] = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = {n: p.grad.detach().clone() for n, p in pl_module.encoder.named_parameters() if p.grad is not None}
+        torch.save(
+            {"grads": grads, "rng": self.rng, "features": self.batch["features"], "allreduce": ALLREDUCE_CALLS["n"]},
+            Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
+        )
+
+
+def run_step(model_dir: str, rows: list[tuple[str, ...]], out_dir: str, devices: int, loss, batch_size: int,
+             grad_cache_chunk: int | None = None, anchor_chunk: int | None = None) -> None:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from embedexp.data import EmbeddingDataModule
+    from embedexp.data.train_sets import TrainSet
+    from embedexp.models import Encoder
+    from embedexp.module import EmbeddingModule
+
+    encoder = Encoder(model_dir, max_seq_length=32)
+    n_cols = len(rows[0])
+    dm = EmbeddingDataModule(train={"format": "beir", "root": "unused"}, batch_size=batch_size, shuffle=False)
+    dm.set_train_set(TrainSet(
+        ("anchor", "positive") + tuple(f"negative_{i + 1}" for i in range(n_cols - 2)),
+        ("query",) + ("document",) * (n_cols - 1),
+        rows,
+    ))
+    dm.set_tokenizer(encoder.tokenize)
+    gc = {"chunk_size": grad_cache_chunk, "anchor_chunk_size": anchor_chunk} if grad_cache_chunk else None
+    module = EmbeddingModule(encoder, loss, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, grad_cache=gc)
+    strategy = "auto"
+    if devices > 1:
+        strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True, process_group_backend="gloo")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[CaptureStep(out_dir)], use_distributed_sampler=True,
+    )
+    trainer.fit(module, datamodule=dm)
