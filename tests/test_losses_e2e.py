@@ -18,6 +18,11 @@ CASES = {
     "gist": ["loss=gist", "model@loss.guide=tiny", "loss.guide.model_name_or_path=${tiny_bert_path:1}"],
     "matryoshka_triplet": ["loss=matryoshka", "loss@loss.loss=triplet", "miner=random", "loss.dims=[32,16,8]", "eval.dims=[16,8]"],
     "tsdae": ["loss=tsdae", "data=demo_sentences", "model.pooling=cls"],
+    "gradcache_bf16_accumulate_clip": ["trainer.grad_cache.chunk_size=3", "trainer.precision=bf16-mixed",
+                                       "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5"],
+    "gradcache_gist_matryoshka": ["loss=matryoshka", "loss@loss.loss=gist", "model@loss.loss.guide=tiny",
+                                  "loss.loss.guide.model_name_or_path=${tiny_bert_path:1}", "loss.dims=[32,16]",
+                                  "trainer.grad_cache.chunk_size=4"],
 }
 
 

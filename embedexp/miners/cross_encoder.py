@@ -85,6 +85,9 @@ class CrossEncoderMiner(HardNegativeMiner):
             raise ConfigError(f"miner.model_path={shown}; expected a local sequence-classification model folder")
         if not Path(model_path).expanduser().is_dir():
             raise ConfigError(f"miner.model_path={str(model_path)!r}: the folder does not exist")
+        if not (Path(model_path).expanduser() / "config.json").is_file():
+            raise ConfigError(f"miner.model_path={str(model_path)!r}: not a model folder (no config.json); expected a "
+                              "local sequence-classification model folder")
         self.model_path = str(Path(model_path).expanduser())
         self.candidates = check_choice("miner.candidates", candidates, CANDIDATES)
         self.n_candidates = check_int("miner.n_candidates", n_candidates, 1)

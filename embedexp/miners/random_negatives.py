@@ -12,6 +12,8 @@ class RandomNegativeMiner:
     """Adds `n_negatives` document columns per row: random corpus documents that are not a known
     positive (any grade > 0 in the qrels) of the row's query. Deterministic for a seed."""
 
+    needs_encoder = False  # mine() is called without the model being trained
+
     def __init__(self, n_negatives: int = 1, seed: int = 0, name: str = "random") -> None:
         if not isinstance(n_negatives, int) or n_negatives < 1:
             raise ConfigError(f"miner.n_negatives={n_negatives!r}; expected a positive integer")
