@@ -49,12 +49,22 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
 
     datamodule = instantiate(data_cfg, seed=seed)
     train_set = datamodule.load()
+    pending = None  # a miner that needs the model being trained runs once the model is built
     if miner_cfg is not None and miner_cfg.get("name", "none") != "none":
-        train_set = instantiate(miner_cfg).mine(train_set)
-        datamodule.set_train_set(train_set)
-    check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, name)
+        miner = instantiate(miner_cfg)
+        if getattr(miner, "needs_encoder", False):
+            pending = miner
+            if train_set.corpus is None:
+                from embedexp.errors import ConfigError
+
+                raise ConfigError(f"miner={miner_cfg.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
+        else:
+            train_set = miner.mine(train_set)
+            datamodule.set_train_set(train_set)
+    if pending is None:
+        check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, name)
     log.info("%s data: %d rows, columns %s", name, len(train_set), train_set.columns)
-    return datamodule, train_set
+    return datamodule, train_set, pending
 
 
 def train(cfg: DictConfig) -> dict:
@@ -70,16 +80,21 @@ def train(cfg: DictConfig) -> dict:
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     loss = instantiate(cfg.loss)
-    datamodule, train_set = _prepare_data(cfg.data, loss, cfg.miner, cfg.seed, f"data={cfg.data.get('name', '?')}")
+    data_name = f"data={cfg.data.get('name', '?')}"
+    datamodule, train_set, pending_miner = _prepare_data(cfg.data, loss, cfg.miner, cfg.seed, data_name)
     pretrain = cfg.get("pretrain")
     if pretrain:
         pre_loss = instantiate(pretrain.loss)
-        pre_data, _ = _prepare_data(pretrain.data, pre_loss, None, cfg.seed, "pretrain.data")
+        pre_data, _, _ = _prepare_data(pretrain.data, pre_loss, None, cfg.seed, "pretrain.data")
         pre_optim, pre_trainer = split_trainer_cfg(OmegaConf.merge(cfg.trainer, pretrain.get("trainer") or {}))
     evaluator = Evaluator(**container(cfg.eval))
 
     # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
+    if pending_miner is not None:
+        train_set = pending_miner.mine(train_set, encoder=encoder)
+        datamodule.set_train_set(train_set)
+        check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, data_name)
     dims = getattr(loss, "dims", None)
     if dims:
         from embedexp.losses.matryoshka import check_dims
@@ -112,6 +127,7 @@ def train(cfg: DictConfig) -> dict:
         "loss": type(loss).__name__,
         "steps": trainer.global_step,
         "train_rows": len(train_set),
+        "mining": train_set.info.get("mining"),
         "fit_seconds_incl_eval": round(train_seconds, 1),
         "stages": stages,
         "config": container(cfg),

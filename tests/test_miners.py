@@ -18,7 +18,11 @@ from embedexp.miners.base import FILTERS, filter_candidates, topk_desc
 from embedexp.miners.bm25 import BM25Index, rank_reference
 from embedexp.miners.tokenize import Tokenizer
 
-rank_bm25 = pytest.importorskip("rank_bm25")
+try:
+    import rank_bm25
+except ImportError:  # only the comparisons with the reference need it
+    rank_bm25 = None
+needs_rank_bm25 = pytest.mark.skipif(rank_bm25 is None, reason="rank-bm25 is not installed")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,6 +74,7 @@ TOKENIZERS = [
 
 
 # ---------------------------------------------------------------- bm25
+@needs_rank_bm25
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("tok", TOKENIZERS, ids=["guide", "word-lower-stop", "word-case-stop", "ws-lower"])
 def test_bm25_fast_equals_reference(seed, tok):
@@ -95,6 +100,7 @@ def test_bm25_fast_equals_reference(seed, tok):
             assert f_idx[qi].tolist() == guide
 
 
+@needs_rank_bm25
 def test_bm25_backends_mine_identically(tmp_path):
     docs, queries = random_corpus(5, n_docs=150, n_queries=20, vocab=12)
     ts = make_set(docs, queries, {q: [q, q + 20] for q in range(20)})
@@ -107,6 +113,7 @@ def test_bm25_backends_mine_identically(tmp_path):
     assert fast.kinds == ("query", "document", "document", "document", "document")
 
 
+@needs_rank_bm25
 def test_bm25_epsilon_floor_for_negative_idf():
     docs = ["a a b", "a c", "a d", "a b e", "f"]  # 'a' in 4 of 5 documents: negative idf -> epsilon * mean idf
     toks = [d.split() for d in docs]
@@ -125,13 +132,33 @@ def test_bm25_score_of_a_text_matches_the_index():
     assert all(index.score_text(q, toks[j]) == s[j] for j in range(len(docs)))
 
 
+def test_positive_outside_the_corpus_is_scored_from_its_text():
+    docs, queries = random_corpus(4, n_docs=60, n_queries=1, vocab=12)
+    outside = "heart cell protein gene heart"
+    t = Tokenizer("word", True, "none")
+    index = BM25Index(t.many(docs))
+    pos = index.score_text(t(queries[0]), t(outside))
+    s = index.score_block([index.token_ids(t(queries[0]))])[0]
+    margin = max(0.0, pos - float(np.median(s)))
+    ts = TrainSet(("anchor", "positive"), ("query", "document"), [(queries[0], outside)], query_ids=["q0"],
+                  corpus={f"d{i}": d for i, d in enumerate(docs)}, qrels={"q0": {"dx": 1}})
+    out = BM25Miner(top_k=60, margin=margin, stopwords="none", cache=False, show_progress=False).mine(ts)
+    assert out.info["mining"]["removed"]["margin"] == int((s > pos - margin).sum()) > 0
+    order = np.argsort(-s, kind="stable")
+    assert out.rows[0][2] == docs[next(j for j in order if s[j] <= pos - margin)]
+
+
 def test_topk_desc_is_a_stable_sort():
     rng = np.random.default_rng(0)
-    for m, k in [(50, 3), (50, 20), (7, 7), (400, 10)]:
-        s = rng.integers(0, 5, size=(30, m)).astype(np.float64)  # many ties
-        idx, vals = topk_desc(s, k)
-        ref = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        assert np.array_equal(idx, ref) and np.array_equal(vals, np.take_along_axis(s, ref, 1))
+    cases = [(50, 3, 5), (50, 20, 5), (7, 7, 5), (400, 10, 5), (400, 10, 2), (1000, 5, 1000), (1000, 7, 10**6)]
+    for m, k, levels in cases:
+        s = rng.integers(0, levels, size=(30, m)).astype(np.float64)  # few levels: many ties
+        s[3] = 0.0  # a row of equal scores (a query without any known token)
+        s[4, :: 7] = 9e9  # more than 16k ties at the top
+        for a in (s, s.astype(np.float32)):
+            idx, vals = topk_desc(a, k)
+            ref = np.argsort(-a, axis=1, kind="stable")[:, :k]
+            assert np.array_equal(idx, ref) and np.array_equal(vals, np.take_along_axis(a, ref, 1))
 
 
 def test_tokenizer_options():
@@ -518,3 +545,41 @@ def test_mine_entry_point_writes_pairs(tmp_path, isolated_cache):
     saved = json.loads((tmp_path / "mining_stats.json").read_text())
     assert saved["mining"]["removed"]["rank_window"] == saved["mining"]["rows_in"]
     assert (isolated_cache / "mining").is_dir()
+
+
+@pytest.mark.parametrize("option", ["bm25", "dense", "cross_encoder", "random", "none"])
+def test_miner_presets_instantiate(option, isolated_cache):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from embedexp.config import config_dir, register_resolvers
+    from embedexp.run_utils import find_user_error
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"miner={option}", "paths.output_dir=/tmp/embedexp-test-out"])
+    if option == "none":
+        assert "_target_" not in cfg.miner
+        return
+    if option == "cross_encoder":
+        with pytest.raises(Exception) as e:
+            instantiate(cfg.miner)
+        assert str(find_user_error(e.value)).startswith("miner.model_path=null")
+        return
+    miner = instantiate(cfg.miner)
+    assert miner.needs_encoder is (option == "dense")
+    if option != "random":
+        assert miner.cache_dir == str(isolated_cache / "mining") and miner.seed == 42
+
+
+def test_mine_entry_point_refuses_miner_none(tmp_path, isolated_cache):
+    from hydra import compose, initialize_config_dir
+
+    from embedexp.config import config_dir, register_resolvers
+    from embedexp.mine import mine
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("mine", overrides=["miner=none", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="^miner=none has nothing to mine"):
+        mine(cfg)

@@ -81,7 +81,8 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-k of a (n, m) score matrix: score descending, ties by column ascending.
 
     The same order as a stable sort of -scores (and as Python's `sorted(..., reverse=True)` on
-    `enumerate(scores)`), computed with argpartition; ties at the k-th place are resolved exactly.
+    `enumerate(scores)`). A threshold from a strided quarter of the columns (its k-th largest value is at most
+    the row's k-th largest) keeps a few k candidates per row, which are then sorted exactly.
     """
     scores = np.asarray(scores)
     n, m = scores.shape
@@ -90,22 +91,34 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((n, 0), np.int64), np.empty((n, 0), scores.dtype)
     if 4 * k >= m:
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    else:
-        kth = np.partition(scores, m - k, axis=1)[:, m - k]  # the k-th largest score of each row
-        mask = scores >= kth[:, None]
-        counts = mask.sum(axis=1)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        cols = np.nonzero(mask)[1]  # grouped by row, ascending column within a row
-        order = np.empty((n, k), np.int64)
-        simple = np.flatnonzero(counts == k)  # no tie across the k-th place: exactly k candidates
-        if len(simple):
-            c = cols[starts[simple][:, None] + np.arange(k)]
-            o = np.argsort(-scores[simple[:, None], c], axis=1, kind="stable")
-            order[simple] = np.take_along_axis(c, o, axis=1)
-        for r in np.flatnonzero(counts != k).tolist():
-            c = cols[starts[r] : starts[r] + counts[r]]
-            order[r] = c[np.argsort(-scores[r, c], kind="stable")[:k]]
-    return order.astype(np.int64, copy=False), np.take_along_axis(scores, order, axis=1)
+        return order, np.take_along_axis(scores, order, axis=1)
+    step = min(4, m // (2 * k))
+    sub = scores[:, ::step]
+    ms = sub.shape[1]
+    threshold = np.partition(sub, ms - k, axis=1)[:, ms - k]
+    mask = scores >= threshold[:, None]
+    counts = mask.sum(axis=1)
+    wide = np.flatnonzero(counts > 16 * k)  # e.g. many equal scores: use the row's exact k-th largest
+    if len(wide):
+        exact = np.partition(scores[wide], m - k, axis=1)[:, m - k]
+        mask[wide] = scores[wide] >= exact[:, None]
+        counts[wide] = mask[wide].sum(axis=1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cols = np.nonzero(mask)[1]  # grouped by row, ascending column within a row
+    order = np.empty((n, k), np.int64)
+    narrow = np.flatnonzero(counts <= 16 * k)
+    if len(narrow):
+        width = int(counts[narrow].max())
+        pos = np.arange(width)
+        valid = pos < counts[narrow][:, None]
+        c = cols[np.where(valid, starts[narrow][:, None] + pos, 0)]
+        key = np.where(valid, -scores[narrow[:, None], c], np.inf)  # padding sorts after every candidate
+        o = np.argsort(key, axis=1, kind="stable")[:, :k]
+        order[narrow] = np.take_along_axis(c, o, axis=1)
+    for r in np.flatnonzero(counts > 16 * k).tolist():  # ties wider than 16k at the k-th place
+        c = cols[starts[r] : starts[r] + counts[r]]
+        order[r] = c[np.argsort(-scores[r, c], kind="stable")[:k]]
+    return order, np.take_along_axis(scores, order, axis=1)
 
 
 def filter_candidates(
@@ -209,6 +222,9 @@ class HardNegativeMiner:
         """Scores of (query index, text) pairs for positives that are not in the corpus."""
         raise NotImplementedError
 
+    def _release(self) -> None:
+        """Drop the index / embeddings / models that scoring built (the miner may outlive mining)."""
+
     # ---------------------------------------------------------------- configuration identity
     def filter_config(self) -> dict:
         cfg = {
@@ -230,8 +246,8 @@ class HardNegativeMiner:
         if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
             raise ConfigError(f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
         if self.needs_encoder and encoder is None:
-            raise ConfigError(f"miner={self.name} with miner.model=null mines with the model being trained; "
-                              "pass the encoder to mine() or set miner.model")
+            raise ConfigError(f"miner={self.name}: no miner.model is set, so it mines with the model being trained; "
+                              "pass that encoder to mine(train_set, encoder=...) or set a model in the miner config")
         t_start = time.perf_counter()
         doc_ids = list(train_set.corpus)
         docs = list(train_set.corpus.values())
@@ -265,6 +281,7 @@ class HardNegativeMiner:
             if hit is not None and len(hit["negatives"]) == len(train_set.rows):
                 stats = {**hit["stats"], "cache": "hit", "seconds": {"total": round(time.perf_counter() - t_start, 3)}}
                 log.info("miner=%s: cache hit (%s)", self.name, full_key)
+                self._release()
                 return self._output(train_set, docs, hit["negatives"], stats)
 
         cand = read_cache(self.cache_dir, score_key, "candidates") if self.cache else None
@@ -273,23 +290,27 @@ class HardNegativeMiner:
             scores = np.asarray(cand["scores"], dtype=np.float64).reshape(len(queries), -1)
             pos_scores = np.asarray(cand["pos_scores"], dtype=np.float64)
             cache_state, t_score = "candidates", 0.0
+            self._release()
             log.info("miner=%s: re-using the cached ranking (%s)", self.name, score_key)
         else:
             t0 = time.perf_counter()
             in_corpus = row_pos >= 0
             pairs = np.unique(np.stack([row_q[in_corpus], row_pos[in_corpus]], axis=1), axis=0) if in_corpus.any() \
                 else np.empty((0, 2), np.int64)
-            idx, scores, pair_scores = self._rank(queries, docs, depth, pairs, encoder)
-            idx = np.asarray(idx, dtype=np.int64)
-            scores = np.asarray(scores, dtype=np.float64)
-            pos_scores = np.empty(len(train_set.rows), dtype=np.float64)
-            lookup = {(int(q), int(d)): float(s) for (q, d), s in zip(pairs, np.asarray(pair_scores, dtype=np.float64))}
-            for r in np.flatnonzero(in_corpus):
-                pos_scores[r] = lookup[(int(row_q[r]), int(row_pos[r]))]
-            outside = np.flatnonzero(~in_corpus)
-            if len(outside):
-                extra = self._score_texts(queries, [(int(row_q[r]), train_set.rows[r][1]) for r in outside], encoder)
-                pos_scores[outside] = np.asarray(extra, dtype=np.float64)
+            try:
+                idx, scores, pair_scores = self._rank(queries, docs, depth, pairs, encoder)
+                idx = np.asarray(idx, dtype=np.int64)
+                scores = np.asarray(scores, dtype=np.float64)
+                pos_scores = np.empty(len(train_set.rows), dtype=np.float64)
+                lookup = {(int(q), int(d)): float(s) for (q, d), s in zip(pairs, np.asarray(pair_scores, dtype=np.float64))}
+                for r in np.flatnonzero(in_corpus):
+                    pos_scores[r] = lookup[(int(row_q[r]), int(row_pos[r]))]
+                outside = np.flatnonzero(~in_corpus)
+                if len(outside):
+                    extra = self._score_texts(queries, [(int(row_q[r]), train_set.rows[r][1]) for r in outside], encoder)
+                    pos_scores[outside] = np.asarray(extra, dtype=np.float64)
+            finally:
+                self._release()
             t_score = time.perf_counter() - t0
             cache_state = "miss" if self.cache else "off"
             if self.cache:

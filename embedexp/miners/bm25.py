@@ -7,7 +7,7 @@ Two backends give the same top-k (same ids, same order, bit-identical scores):
 * `fast` (default): the same index held as a term -> documents posting matrix (CSR) with each entry's BM25
   weight precomputed with the very float operations rank_bm25 uses; a block of queries is scored by adding,
   query token after query token, the token's postings into a dense (queries x documents) block: every
-  document's score is the same sum, in the same order, as rank_bm25's. Top-k by argpartition; ties are
+  document's score is the same sum, in the same order, as rank_bm25's. Top-k by partition; ties are
   broken by corpus order in both backends (what a stable sort of the scores gives).
 
 BM25Okapi: idf(t) = ln(N - df + 0.5) - ln(df + 0.5); a negative idf is replaced by epsilon * mean idf;
@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from itertools import chain
 
 import numpy as np
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from embedexp.errors import ConfigError, DataError
@@ -42,25 +43,27 @@ class BM25Index:
         # term ids in order of first appearance: the order rank_bm25 builds (and sums) its idf table in
         vocab: defaultdict[str, int] = defaultdict()
         vocab.default_factory = vocab.__len__  # a new token gets the next id
-        tids = np.fromiter(map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int64)
-        vocab.default_factory = None
         lens = np.fromiter(map(len, docs_tokens), dtype=np.int64, count=n)
+        tids = np.fromiter(map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int64,
+                           count=int(lens.sum()))
+        vocab.default_factory = None
         if not vocab:
             raise DataError("BM25: every document is empty after tokenisation")
-        self.vocab = dict(vocab)
+        self.vocab = vocab  # a plain mapping now (no default factory)
         self.n_docs = n
         self.doc_len = lens
         self.avgdl = int(lens.sum()) / n
-        # (term, document) pairs sorted by term then document, with their counts (= tf)
-        keys = tids * n + np.repeat(np.arange(n, dtype=np.int64), lens)
-        keys.sort()
-        first = np.empty(len(keys), dtype=bool)
-        first[0] = True
-        np.not_equal(keys[1:], keys[:-1], out=first[1:])
-        starts = np.flatnonzero(first)
-        tf = np.diff(np.append(starts, len(keys)))
-        terms, docs = np.divmod(keys[starts], n)
-        df = np.bincount(terms, minlength=len(vocab))
+        # term x document counts (tf) as CSR: documents ascending within a term (coo -> csr sums repeats)
+        counts = sp.coo_matrix(
+            (np.ones(len(tids), dtype=np.int64), (tids, np.repeat(np.arange(n, dtype=np.int64), lens))),
+            shape=(len(vocab), n),
+        ).tocsr()
+        counts.sum_duplicates()
+        counts.sort_indices()
+        df = np.diff(counts.indptr).astype(np.int64)
+        terms = np.repeat(np.arange(len(vocab), dtype=np.int64), df)
+        docs = counts.indices.astype(np.int64)
+        tf = counts.data.astype(np.int64)
         # idf exactly as rank_bm25: math.log per value, summed in vocabulary order, negatives -> eps
         idf_of = {int(f): math.log(n - int(f) + 0.5) - math.log(int(f) + 0.5) for f in np.unique(df)}
         idf_list = [idf_of[f] for f in df.tolist()]
@@ -72,8 +75,8 @@ class BM25Index:
         idf = np.array(idf_list, dtype=np.float64)
         idf[idf < 0] = eps
         self.idf = idf
-        self.indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
-        self.indices = docs.astype(np.int64)
+        self.indptr = counts.indptr.astype(np.int64)
+        self.indices = docs
         # the per-entry arithmetic of rank_bm25.get_scores, operation for operation
         q_freq = tf.astype(np.int64)
         doc_len = lens[docs]
@@ -170,6 +173,7 @@ class BM25Miner(HardNegativeMiner):
         if self.backend == "reference":
             _rank_bm25()
         self._index: BM25Index | None = None
+        self._docs_tokens: list[list[str]] | None = None
 
     def scorer_config(self) -> dict:
         # both backends give the same ranking: the backend is not part of the key
@@ -198,6 +202,10 @@ class BM25Miner(HardNegativeMiner):
                 pos_scores[sel] = s[pos_pairs[sel, 0] - start, pos_pairs[sel, 1]]
                 bar.update(stop - start)
         return idx, scores, pos_scores
+
+    def _release(self) -> None:
+        self._index = None
+        self._docs_tokens = None
 
     def _score_texts(self, queries, pairs, encoder=None):
         if self._index is None:

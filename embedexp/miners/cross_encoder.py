@@ -134,6 +134,10 @@ class CrossEncoderMiner(HardNegativeMiner):
         order = np.lexsort((cand, -ce), axis=1)[:, :depth]  # cross-encoder score desc, then corpus order
         return np.take_along_axis(cand, order, axis=1), np.take_along_axis(ce, order, axis=1), s[len(qi):]
 
+    def _release(self) -> None:
+        self._scorer = None
+        self.inner._release()
+
     def _score_texts(self, queries, pairs, encoder=None):
         return self.scorer().score([queries[q] for q, _ in pairs], [t for _, t in pairs], self.batch_size)
 

@@ -120,6 +120,10 @@ class DenseMiner(HardNegativeMiner):
         self._queries_emb = q
         return rank_dense(q, d, depth, pos_pairs, self.use_faiss, self.query_chunk, self.show_progress)
 
+    def _release(self) -> None:
+        self._queries_emb = None
+        self._own_encoder = None
+
     def _score_texts(self, queries, pairs, encoder=None):
         enc = self.encoder(encoder)
         emb = self._embed(enc, [t for _, t in pairs], "document")
