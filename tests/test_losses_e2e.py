@@ -12,6 +12,8 @@ CASES = {
     "infonce_symmetric": ["loss.symmetric=true"],
     "triplet_random_miner": ["loss=triplet", "miner=random"],
     "infonce_two_negatives": ["miner=random", "miner.n_negatives=2"],
+    "triplet_bm25_miner": ["loss=triplet", "miner=bm25"],
+    "infonce_dense_miner_of_the_model_being_trained": ["miner=dense", "miner.n_negatives=2"],
     "cosine": ["loss=cosine", "data=demo_sts"],
     "contrastive": ["loss=contrastive", "data=demo_sts", "data.train.binary_threshold=3.0"],
     "online_contrastive": ["loss=online_contrastive", "data=demo_sts", "data.train.binary_threshold=3.0"],
