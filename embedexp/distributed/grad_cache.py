@@ -46,8 +46,20 @@ class RngState:
 
 
 def split_rows(features: dict[str, torch.Tensor], chunk_size: int) -> list[dict[str, torch.Tensor]]:
+    """Row chunks of tokenised features, each cut to its own longest text (trailing padding removed)."""
     rows = next(iter(features.values())).shape[0]
-    return [{k: v[s : s + chunk_size] for k, v in features.items()} for s in range(0, rows, chunk_size)]
+    mask = features.get("attention_mask")
+    chunks = []
+    for s in range(0, rows, chunk_size):
+        width = None
+        if mask is not None and mask.ndim == 2:
+            active = mask[s : s + chunk_size].any(dim=0).nonzero()
+            width = int(active.max()) + 1 if active.numel() else None
+        chunks.append({
+            k: v[s : s + chunk_size, :width] if (width and v.ndim == 2 and v.shape[1] == mask.shape[1]) else v[s : s + chunk_size]
+            for k, v in features.items()
+        })
+    return chunks
 
 
 def loss_and_embedding_grads(
