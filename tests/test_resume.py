@@ -1,0 +1,103 @@
+"""Resume: a run SIGKILLed mid-training and resumed with `ckpt_path=last` ends exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+# Runs embedexp-train in this process and SIGKILLs it right after the optimiser step KILL_AT ends,
+# i.e. between two checkpoints, so the work since the last checkpoint is lost and must be redone.
+KILLER = """
+import os, signal, sys
+import embedexp.checkpointing as ck
+kill_at = int(os.environ["KILL_AT"])
+original = ck.ResumableCheckpoint.on_train_batch_end
+def on_train_batch_end(self, trainer, *args, **kwargs):
+    original(self, trainer, *args, **kwargs)
+    if trainer.global_step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+ck.ResumableCheckpoint.on_train_batch_end = on_train_batch_end
+from embedexp.train import main
+sys.argv = ["embedexp-train", *sys.argv[1:]]
+main()
+"""
+
+BASE_ARGS = [
+    "experiment=demo_tiny", "logger=none", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    "checkpoint.every_n_steps=3",
+]
+
+
+def _run(args: list[str], env: dict, kill_at: int | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", KILLER, *args] if kill_at else [sys.executable, "-m", "embedexp.train", *args]
+    env = dict(env, KILL_AT=str(kill_at or 0))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("extra", [[], ["trainer.grad_cache.chunk_size=3"]], ids=["plain", "grad_cache"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, isolated_cache, extra):
+    env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+
+    full = _run([*BASE_ARGS, *extra, f"hydra.run.dir={full_dir}"], env)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    killed = _run([*BASE_ARGS, *extra, f"hydra.run.dir={killed_dir}"], env, kill_at=17)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (killed_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (killed_dir / "results.json").exists()  # a killed run leaves nothing that looks finished
+    saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # 14 steps per epoch: killed in epoch 2, after the checkpoint of step 15; steps 16-17 are redone
+    assert saved["global_step"] == 15 and saved["epoch"] == 1
+
+    resumed = _run([*BASE_ARGS, *extra, f"hydra.run.dir={killed_dir}", "ckpt_path=last"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = json.loads((full_dir / "results.json").read_text()), json.loads((killed_dir / "results.json").read_text())
+    assert a["steps"] == b["steps"] == 28
+    assert b["resumed_from"].endswith("last.ckpt")
+    assert {k: v["tuned"] for k, v in a["metrics"].items()} == {k: v["tuned"] for k, v in b["metrics"].items()}
+    wa, wb = _weights(full_dir), _weights(killed_dir)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    assert not (killed_dir / "checkpoints").exists()  # removed once results.json is written (checkpoint.keep=false)
+
+
+def test_bad_ckpt_path_is_one_line_error(tmp_path, isolated_cache):
+    env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
+    r = _run([*BASE_ARGS, f"hydra.run.dir={tmp_path / 'run'}", f"ckpt_path={tmp_path / 'nope.ckpt'}"], env)
+    assert r.returncode == 2
+    assert "ckpt_path=" in r.stderr and "no such checkpoint file" in r.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_sampler_skips_exactly_the_trained_batches():
+    from embedexp.data.resumable import ResumableSampler
+
+    full = ResumableSampler(50, 8, seed=3)
+    full.set_epoch(1)
+    order = list(full)
+    resumed = ResumableSampler(50, 8, seed=3)
+    resumed.skip_batches(1, 2)
+    resumed.set_epoch(1)
+    assert list(resumed) == order[16:]
+    resumed.set_epoch(2)  # the skip belongs to epoch 1 only
+    full.set_epoch(2)
+    assert list(resumed) == list(full) and sorted(full) == list(range(50))
+    # DDP: ranks get disjoint, equal shares of the same permutation
+    shares = [ResumableSampler(50, 8, seed=3, rank=r, world=3) for r in range(3)]
+    rows = [list(s) for s in shares]
+    assert all(len(r) == 16 for r in rows) and len(set(sum(rows, []))) == 48
