@@ -38,5 +38,8 @@ def write_results(out_dir: str | Path, base: dict, tuned: dict, meta: dict[str, 
     title = meta.get("title", "base vs fine-tuned")
     md = f"# {title}\n\n" + markdown_table(rows) + "\n" + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "title" and not isinstance(v, dict))
     _atomic_write(out_dir / "results.md", md)
+    from embedexp.eval.plots import write_plots
+
+    write_plots(out_dir, rows)  # PNGs + Matryoshka retention table appended to results.md; never raises
     _atomic_write(out_dir / "results.json", json.dumps({"metrics": rows, **meta}, indent=2, default=str) + "\n")
     return rows

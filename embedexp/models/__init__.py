@@ -1,3 +1,4 @@
+from embedexp.models.api import APIEncoder, check_trainable
 from embedexp.models.encoder import POOLING_MODES, Encoder
 
-__all__ = ["Encoder", "POOLING_MODES"]
+__all__ = ["APIEncoder", "Encoder", "POOLING_MODES", "check_trainable"]
