@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ddp_harness import run_step
-from embedexp.distributed.grad_cache import split_rows
+from embedexp.distributed.grad_cache import chunk_rows, unsort
 from embedexp.losses import InfoNCELoss, MatryoshkaLoss
 from embedexp.models import Encoder
 
@@ -37,8 +37,9 @@ def _reference_grads(model_dir, captures, loss, chunk):
         torch.set_rng_state(cap["rng"])
         cols = []
         for features in cap["features"]:
-            rows = features["input_ids"].shape[0]
-            cols.append(torch.cat([encoder(part) for part in split_rows(features, chunk or rows)]))
+            # GradCache: the chunks it encoded, in its (length-sorted) order; plain: the whole column at once
+            chunks, order = chunk_rows(features, chunk) if chunk else ([features], None)
+            cols.append(unsort(torch.cat([encoder(part) for part in chunks]), order))
         columns = cols if columns is None else [torch.cat([a, b]) for a, b in zip(columns, cols)]
     loss(columns).backward()
     return {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}

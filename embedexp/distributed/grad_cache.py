@@ -62,6 +62,31 @@ def split_rows(features: dict[str, torch.Tensor], chunk_size: int) -> list[dict[
     return chunks
 
 
+def chunk_rows(features: dict[str, torch.Tensor], chunk_size: int) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
+    """Rows sorted longest first, then cut into chunks (each trimmed to its own longest text).
+
+    Similar lengths share a chunk, so chunks carry little padding; rows are encoded independently, so
+    the order changes nothing but speed. Returns the chunks and `order` (sorted row i = original row
+    order[i]; None when there is no attention mask to sort by).
+    """
+    mask = features.get("attention_mask")
+    if mask is None or mask.ndim != 2:
+        return split_rows(features, chunk_size), None
+    rows = mask.shape[0]
+    order = torch.argsort(mask.sum(dim=1), descending=True, stable=True)
+    ordered = {k: v[order] if v.ndim >= 1 and v.shape[0] == rows else v for k, v in features.items()}
+    return split_rows(ordered, chunk_size), order
+
+
+def unsort(sorted_rows: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Rows in sorted order -> rows in the original order."""
+    if order is None:
+        return sorted_rows
+    out = torch.empty_like(sorted_rows)
+    out[order] = sorted_rows
+    return out
+
+
 def loss_and_embedding_grads(
     loss_fn: torch.nn.Module,
     columns: list[torch.Tensor],
@@ -111,21 +136,24 @@ def grad_cache_backward(
 ) -> torch.Tensor:
     """Run passes 1-3; returns the loss value (detached). `backward(embeddings, grad)` back-propagates."""
     device = next(iter(column_features[0].values())).device
-    chunks = [split_rows(f, chunk_size) for f in column_features]
+    plans = [chunk_rows(f, chunk_size) for f in column_features]
+    chunks = [c for c, _ in plans]
     states: list[list[RngState]] = []
     cached: list[torch.Tensor] = []
     with torch.no_grad():  # pass 1
-        for col in chunks:
+        for col, (_, order) in zip(chunks, plans):
             states.append([])
             parts = []
             for chunk in col:
                 states[-1].append(RngState.capture(device))
                 parts.append(encoder(chunk))
-            cached.append(torch.cat(parts))
+            cached.append(unsort(torch.cat(parts), order))
     value, grads = loss_and_grads(cached)  # pass 2
     n_total = sum(len(c) for c in chunks)
     done = 0
-    for col, col_states, grad in zip(chunks, states, grads):  # pass 3
+    for col, col_states, grad, (_, order) in zip(chunks, states, grads, plans):  # pass 3
+        if order is not None:
+            grad = grad[order]  # back into the chunks' (sorted) row order
         start = 0
         for chunk, state in zip(col, col_states):
             rows = next(iter(chunk.values())).shape[0]
