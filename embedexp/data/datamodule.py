@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from embedexp.data.resumable import ResumableSampler
 from embedexp.data.train_sets import TrainSet, build_train_set
 from embedexp.errors import ConfigError
 
@@ -72,6 +73,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.name = name
         self.train_set: TrainSet | None = None
         self.tokenize: Tokenize | None = None
+        self.sampler: ResumableSampler | None = None
+        self._resume: tuple[int, int] | None = None
 
     def load(self) -> TrainSet:
         """Read and validate the training data (cheap; done before any model loads)."""
@@ -83,6 +86,10 @@ class EmbeddingDataModule(L.LightningDataModule):
         """Replace the rows (a miner adds negative columns before training)."""
         self.train_set = train_set
 
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Restarting from a checkpoint: epoch `epoch` already trained on its first `batches_done` batches."""
+        self._resume = (int(epoch), int(batches_done))
+
     def set_tokenizer(self, tokenize: Tokenize) -> None:
         self.tokenize = tokenize
 
@@ -93,12 +100,20 @@ class EmbeddingDataModule(L.LightningDataModule):
         if self.tokenize is None:
             raise RuntimeError("EmbeddingDataModule.set_tokenizer(encoder.tokenize) must be called before training")
         ts = self.load()
-        g = torch.Generator()
+        g = torch.Generator()  # the loader's own seeds: iterating never draws from the global RNG
         g.manual_seed(self.seed)
+        rank, world = 0, 1
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1 and not trainer._accelerator_connector.use_distributed_sampler:
+            rank, world = trainer.global_rank, trainer.world_size  # we split the rows ourselves (resumable)
+        self.sampler = ResumableSampler(len(ts), self.batch_size, self.seed, self.shuffle, rank, world)
+        if self._resume is not None:
+            self.sampler.skip_batches(*self._resume)
+            self.sampler.set_epoch(self._resume[0])
         return DataLoader(
             _Rows(ts),
             batch_size=self.batch_size,
-            shuffle=self.shuffle,
+            sampler=self.sampler,
             drop_last=self.drop_last,
             num_workers=self.num_workers,
             collate_fn=ColumnCollator(self.tokenize, ts.kinds),
