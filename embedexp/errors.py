@@ -15,3 +15,7 @@ class DataError(EmbedexpError):
 
 class ModelError(EmbedexpError):
     """A model folder cannot be loaded."""
+
+
+class NumericalError(EmbedexpError):
+    """Training produced a NaN/inf loss or gradient; the message names the step and the last checkpoint."""

@@ -13,7 +13,8 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from embedexp.run_utils import container, one_line_errors  # noqa: E402
+from embedexp.run_utils import container, one_line_errors, scrub_files, scrub_secrets  # noqa: E402
+from embedexp.validate import cli_entry, validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.evaluate")
 
@@ -27,6 +28,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from embedexp.models import Encoder
 
     out_dir = Path(cfg.paths.output_dir)
+    validate_config(cfg, "evaluate")
+    scrub_files(out_dir, cfg)
     evaluator = Evaluator(**container(cfg.eval))
     base = evaluator.evaluate(instantiate(cfg.model), use_cache=True)
     tuned: dict[str, float] = {}
@@ -40,7 +43,7 @@ def evaluate(cfg: DictConfig) -> dict:
         + (": base vs fine-tuned" if tuned else ""),
         "base_model": str(cfg.model.model_name_or_path),
         "tuned_model": str(cfg.tuned) if tuned else None,
-        "config": container(cfg),
+        "config": scrub_secrets(container(cfg)),
     }
     rows = write_results(out_dir, base, tuned, meta)
     print("\n" + markdown_table(rows))
@@ -48,6 +51,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return rows
 
 
+@cli_entry("evaluate")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

@@ -19,7 +19,8 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from embedexp.run_utils import container, one_line_errors  # noqa: E402
+from embedexp.run_utils import atomic_write, container, one_line_errors, scrub_files, scrub_secrets  # noqa: E402
+from embedexp.validate import cli_entry, validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.mine")
 
@@ -44,6 +45,8 @@ def mine(cfg: DictConfig) -> dict:
         raise ConfigError(f"miner={cfg.miner.get('name', 'none') if cfg.miner else 'none'} has nothing to mine; "
                           "choose miner=bm25, dense, cross_encoder or random")
     out_dir = Path(cfg.paths.output_dir)
+    validate_config(cfg, "mine")
+    scrub_files(out_dir, cfg)
     train_set = instantiate(cfg.data, seed=cfg.seed).load()
     miner = instantiate(cfg.miner)
     encoder = instantiate(cfg.model) if getattr(miner, "needs_encoder", False) else None
@@ -54,10 +57,10 @@ def mine(cfg: DictConfig) -> dict:
         "columns": list(mined.columns),
         "pairs_file": str(pairs),
         "mining": mined.info.get("mining", {"miner": mined.info.get("miner")}),
-        "config": container(cfg),
+        "config": scrub_secrets(container(cfg)),
     }
     stats_path = out_dir / "mining_stats.json"
-    stats_path.write_text(json.dumps(stats, indent=2) + "\n")
+    atomic_write(stats_path, json.dumps(stats, indent=2) + "\n")
     m = stats["mining"]
     if "removed" in m:
         print("removed by filter: " + ", ".join(f"{k}={v}" for k, v in m["removed"].items()))
@@ -68,6 +71,7 @@ def mine(cfg: DictConfig) -> dict:
     return stats
 
 
+@cli_entry("mine")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="mine")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

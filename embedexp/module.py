@@ -7,16 +7,19 @@ In-batch-negative losses see every rank's rows (cross-rank gather) under DDP. Wi
 from __future__ import annotations
 
 import contextlib
+import logging
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from embedexp.distributed.gather import gather, gather_no_grad, local_rows, world
+from embedexp.distributed.gather import all_reduce_sum_, gather, gather_no_grad, local_rows, world
 from embedexp.distributed.grad_cache import grad_cache_backward, loss_and_embedding_grads
-from embedexp.errors import ConfigError
+from embedexp.errors import ConfigError, NumericalError
 from embedexp.models import Encoder
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+log = logging.getLogger("embedexp.train")
 
 
 def loss_attr(loss: torch.nn.Module, name: str):
@@ -48,6 +51,7 @@ class EmbeddingModule(L.LightningModule):
         grad_cache: dict | None = None,
         gradient_clip_val: float | None = None,
         accumulate_grad_batches: int = 1,
+        skip_bad_batches: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -58,6 +62,8 @@ class EmbeddingModule(L.LightningModule):
         self.grad_cache = dict(grad_cache or {})
         self.gradient_clip_val = gradient_clip_val
         self.accumulate_grad_batches = int(accumulate_grad_batches or 1)
+        self.skip_bad_batches = int(skip_bad_batches or 0)
+        self.bad_batches = 0
         if self.grad_cache:
             if loss_attr(loss, "needs_tokens"):
                 raise ConfigError("trainer.grad_cache is not supported with loss=tsdae (it decodes token ids)")
@@ -72,6 +78,10 @@ class EmbeddingModule(L.LightningModule):
             loss = self._grad_cache_step(batch, batch_idx)
         else:
             loss = self.compute_loss(batch)
+            if not self.check_finite(loss, batch_idx):
+                return None  # skipped: Lightning runs no backward and no update for this batch
+        if loss is None:
+            return None
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["texts"][0]))
         return None if self.grad_cache else loss
 
@@ -124,6 +134,9 @@ class EmbeddingModule(L.LightningModule):
             sync_last=is_update,
             grad_scale=1.0 / accumulate,
         )
+        if not self.check_finite(value, batch_idx, grads=is_update):
+            opt.zero_grad(set_to_none=True)
+            return None
         if is_update:
             if self.gradient_clip_val:
                 self.clip_gradients(opt, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
@@ -133,6 +146,36 @@ class EmbeddingModule(L.LightningModule):
             if sched is not None:
                 sched.step()
         return value
+
+    def check_finite(self, loss: torch.Tensor, batch_idx: int, grads: bool = False) -> bool:
+        """False for a NaN/inf loss (or gradient) to be skipped; NumericalError once more than
+        `skip_bad_batches` were seen. All ranks agree (one all-reduce of a flag), so they stop together."""
+        what = "loss" if not bool(torch.isfinite(loss.detach()).all()) else None
+        if what is None and grads:
+            norms = [p.grad.detach().norm() for p in self.parameters() if p.grad is not None]
+            if norms and not bool(torch.isfinite(torch.stack(norms).sum())):
+                what = "gradient"
+        if world()[1] > 1:
+            flag = all_reduce_sum_(torch.tensor([0.0 if what is None else 1.0], device=loss.device))
+            what = what or ("loss or gradient on another rank" if flag.item() > 0 else None)
+        if what is None:
+            return True
+        self.bad_batches += 1
+        # plain DDP steps cannot skip a backward safely: only single-process or GradCache runs skip
+        allowed = self.skip_bad_batches if world()[1] == 1 or not self.automatic_optimization else 0
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.bad_batches > allowed:
+            ckpt = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt" if self._trainer else None
+            last = (f"last good checkpoint: {ckpt} (resume with ckpt_path=last)" if ckpt is not None and ckpt.is_file()
+                    else "no checkpoint was saved before it")
+            raise NumericalError(
+                f"non-finite {what} (NaN/inf) at {where}, after {self.bad_batches - 1} skipped bad batch(es); {last}; "
+                "expected finite values: lower trainer.lr, keep trainer.gradient_clip_val, use precision=32-true, "
+                "or set trainer.skip_bad_batches=N to skip rare bad batches"
+            )
+        log.warning("skipping batch with non-finite %s at %s (%d of trainer.skip_bad_batches=%d)",
+                    what, where, self.bad_batches, allowed)
+        return False
 
     def _no_sync(self):
         model = self.trainer.strategy.model if self._trainer is not None else None
@@ -146,10 +189,16 @@ class EmbeddingModule(L.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if any(n in name for n in NO_DECAY) else decay).append(p)
+        # fused: one kernel over all tensors; on CPU the default per-tensor loop costs a large share of a small
+        # model's step (docs/benchmarks.md)
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr,
+            fused=fused,
         )
+        if fused:  # Lightning refuses to clip for optimisers that unscale inside step(); let a GradScaler unscale first
+            optimizer._step_supports_amp_scaling = False
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         if not self.automatic_optimization:  # estimated_stepping_batches counts batches, not updates
             total = max(total // self.accumulate_grad_batches, 1)

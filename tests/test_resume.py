@@ -58,7 +58,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, isolated_cache,
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert (killed_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (killed_dir / "results.json").exists()  # a killed run leaves nothing that looks finished
-    saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(killed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # 14 steps per epoch: killed in epoch 2, after the checkpoint of step 15; steps 16-17 are redone
     assert saved["global_step"] == 15 and saved["epoch"] == 1
 

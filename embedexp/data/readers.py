@@ -1,7 +1,8 @@
 """Readers for BEIR folders, STS tsv files and pair jsonl files.
 
 Every problem is reported as one line naming the file (and line) and what was expected.
-`on_error="skip"` drops malformed rows instead and counts them in `SKIPPED`.
+`on_error="skip"` drops malformed rows instead, counts them in `SKIPPED` and logs one warning per file
+("skipped 3 bad rows in corpus.jsonl: first at line 17: ..."); a file with no valid row is still an error.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +19,8 @@ from embedexp.errors import DataError
 
 ON_ERROR = ("raise", "skip")
 SKIPPED: Counter = Counter()  # file -> rows skipped with on_error="skip"
+_PENDING: dict[str, list] = {}  # file -> [rows skipped, first message] of the read in progress
+log = logging.getLogger("embedexp.data")
 
 
 def _check_on_error(on_error: str) -> None:
@@ -28,6 +32,42 @@ def _fail(on_error: str, path: Path, msg: str) -> None:
     if on_error == "raise":
         raise DataError(f"{path}: {msg}")
     SKIPPED[str(path)] += 1
+    _PENDING.setdefault(str(path), [0, msg])[0] += 1
+
+
+def _finish(path: Path, kept: int, what: str) -> None:
+    """End of a file: log what on_error=skip dropped; no valid row at all is an error either way."""
+    skipped, first = _PENDING.pop(str(path), (0, ""))
+    if skipped:
+        log.warning("skipped %d bad row%s in %s: first at %s", skipped, "" if skipped == 1 else "s", path, first)
+    if kept == 0:
+        extra = f" ({skipped} bad rows skipped; first at {first})" if skipped else ""
+        raise DataError(f"{path}: no valid {what}{extra}")
+
+
+def _lines(path: Path, on_error: str) -> Iterator[tuple[int, str]]:
+    """(line number, text without the line break) of a UTF-8 (optionally gzipped) file; a BOM is dropped.
+
+    A line that is not UTF-8 is a bad row (named by its line number); an empty file is an error.
+    """
+    empty = True
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, start=1):
+                empty = False
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    _fail(on_error, path, f"line {lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                                          "expected a UTF-8 file")
+                    continue
+                if lineno == 1:
+                    text = text.lstrip("\ufeff")
+                yield lineno, text.rstrip("\r\n")
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    if empty:
+        raise DataError(f"{path}: empty file")
 
 
 def require_dir(path: str | Path, what: str) -> Path:
@@ -37,35 +77,23 @@ def require_dir(path: str | Path, what: str) -> Path:
     return path
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _jsonl(path: Path, on_error: str) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object); empty lines are ignored; an empty file is an error."""
     n = 0
-    try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    _fail(on_error, path, f"line {lineno}: not valid JSON ({e.msg})")
-                    continue
-                if not isinstance(obj, dict):
-                    _fail(on_error, path, f"line {lineno}: expected a JSON object")
-                    continue
-                n += 1
-                yield lineno, obj
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    if n == 0:
+    for lineno, line in _lines(path, on_error):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(on_error, path, f"line {lineno}: not valid JSON ({e.msg})")
+            continue
+        if not isinstance(obj, dict):
+            _fail(on_error, path, f"line {lineno}: expected a JSON object")
+            continue
+        n += 1
+        yield lineno, obj
+    if n == 0 and not _PENDING.get(str(path)):
         raise DataError(f"{path}: no records (empty file)")
 
 
@@ -103,6 +131,7 @@ def load_corpus(root: str | Path, on_error: str = "raise") -> dict[str, dict]:
             _fail(on_error, path, f"line {lineno}: duplicate document id {doc_id!r}")
             continue
         corpus[doc_id] = doc
+    _finish(path, len(corpus), "documents")
     return corpus
 
 
@@ -125,6 +154,7 @@ def load_queries(root: str | Path, on_error: str = "raise") -> dict[str, str]:
             _fail(on_error, path, f"line {lineno}: duplicate query id {qid!r}")
             continue
         queries[qid] = text
+    _finish(path, len(queries), "queries")
     return queries
 
 
@@ -143,33 +173,31 @@ def load_qrels(
         have = sorted(p.stem for p in (root / "qrels").glob("*.tsv")) if (root / "qrels").is_dir() else []
         raise DataError(f"{path}: qrels file for split {split!r} not found (available splits: {have or 'none'})")
     qrels: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            row = line.rstrip("\n").rstrip("\r").split("\t")
-            if lineno == 1 and row[0].lower() in ("query-id", "query_id", "qid"):
-                continue
-            if not line.strip():
-                continue
-            if len(row) == 4:  # TREC layout: qid 0 docid grade
-                row = [row[0], row[2], row[3]]
-            if len(row) != 3:
-                _fail(on_error, path, f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
-                continue
-            qid, did, score = row
-            try:
-                grade = int(float(score))
-            except ValueError:
-                _fail(on_error, path, f"line {lineno}: score {score!r} is not a number")
-                continue
-            if queries is not None and qid not in queries:
-                _fail(on_error, path, f"line {lineno}: query id {qid!r} is not in queries.jsonl")
-                continue
-            if corpus is not None and did not in corpus:
-                _fail(on_error, path, f"line {lineno}: corpus id {did!r} is not in the corpus")
-                continue
-            qrels.setdefault(qid, {})[did] = grade
-    if not qrels:
-        raise DataError(f"{path}: no qrels rows")
+    for lineno, line in _lines(path, on_error):
+        row = line.split("\t")
+        if lineno == 1 and row[0].lower() in ("query-id", "query_id", "qid"):
+            continue
+        if not line.strip():
+            continue
+        if len(row) == 4:  # TREC layout: qid 0 docid grade
+            row = [row[0], row[2], row[3]]
+        if len(row) != 3:
+            _fail(on_error, path, f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+            continue
+        qid, did, score = row
+        try:
+            grade = int(float(score))
+        except (ValueError, OverflowError):
+            _fail(on_error, path, f"line {lineno}: score {score!r} is not a number")
+            continue
+        if queries is not None and qid not in queries:
+            _fail(on_error, path, f"line {lineno}: query id {qid!r} is not in queries.jsonl")
+            continue
+        if corpus is not None and did not in corpus:
+            _fail(on_error, path, f"line {lineno}: corpus id {did!r} is not in the corpus")
+            continue
+        qrels.setdefault(qid, {})[did] = grade
+    _finish(path, len(qrels), "qrels rows")
     return qrels
 
 
@@ -183,33 +211,35 @@ def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") 
     if not path.is_file():
         raise DataError(f"STS file {path} does not exist")
     rows: list[tuple[str, str, float]] = []
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        try:
-            i_score, i_a, i_b = (header.index(c) for c in ("score", "sentence1", "sentence2"))
-        except ValueError:
-            raise DataError(f"{path}: line 1: header must name the columns score, sentence1, sentence2 (tab separated); got {header}") from None
-        for lineno, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) <= max(i_score, i_a, i_b):
-                _fail(on_error, path, f"line {lineno}: expected at least {max(i_score, i_a, i_b) + 1} tab-separated columns, got {len(cols)}")
-                continue
+    columns: tuple[int, int, int] | None = None
+    for lineno, line in _lines(path, on_error):
+        if columns is None:
+            header = line.split("\t")
             try:
-                score = float(cols[i_score])
+                columns = tuple(header.index(c) for c in ("score", "sentence1", "sentence2"))  # type: ignore[assignment]
             except ValueError:
-                _fail(on_error, path, f"line {lineno}: score {cols[i_score]!r} is not a number")
-                continue
-            if not 0.0 <= score <= max_score:
-                _fail(on_error, path, f"line {lineno}: score {score} outside [0, {max_score}]")
-                continue
-            if not cols[i_a].strip() or not cols[i_b].strip():
-                _fail(on_error, path, f"line {lineno}: empty sentence")
-                continue
-            rows.append((cols[i_a], cols[i_b], score))
-    if not rows:
-        raise DataError(f"{path}: no STS pairs")
+                raise DataError(f"{path}: line {lineno}: header must name the columns score, sentence1, sentence2 (tab separated); got {header}") from None
+            continue
+        if not line.strip():
+            continue
+        i_score, i_a, i_b = columns
+        cols = line.split("\t")
+        if len(cols) <= max(columns):
+            _fail(on_error, path, f"line {lineno}: expected at least {max(columns) + 1} tab-separated columns, got {len(cols)}")
+            continue
+        try:
+            score = float(cols[i_score])
+        except ValueError:
+            _fail(on_error, path, f"line {lineno}: score {cols[i_score]!r} is not a number")
+            continue
+        if not 0.0 <= score <= max_score:  # also NaN
+            _fail(on_error, path, f"line {lineno}: score {score} outside [0, {max_score}]")
+            continue
+        if not cols[i_a].strip() or not cols[i_b].strip():
+            _fail(on_error, path, f"line {lineno}: empty sentence")
+            continue
+        rows.append((cols[i_a], cols[i_b], score))
+    _finish(path, len(rows), "STS pairs")
     return rows
 
 
@@ -238,4 +268,5 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[tuple[str, ...
             _fail(on_error, path, f"line {lineno}: {len(negs)} negatives, but earlier rows have {n_neg}")
             continue
         rows.append(tuple(texts))
+    _finish(path, len(rows), "pairs")
     return rows

@@ -11,7 +11,10 @@ from typing import Any
 
 from embedexp.data.readers import (
     DataError,
+    _fail,
+    _finish,
     _jsonl,
+    _lines,
     doc_text,
     load_corpus,
     load_pairs,
@@ -84,12 +87,12 @@ def labeled_pair_rows(path: str, on_error: str = "raise") -> TrainSet:
     for lineno, obj in _jsonl(path, on_error):
         a, b, lab = obj.get("text_a"), obj.get("text_b"), obj.get("label")
         ok = isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()
-        if not ok or not isinstance(lab, (int, float)) or isinstance(lab, bool):
-            if on_error == "raise":
-                raise DataError(f"{path}: line {lineno}: expected non-empty 'text_a', 'text_b' and a numeric 'label'")
+        if not ok or not isinstance(lab, (int, float)) or isinstance(lab, bool) or lab != lab:
+            _fail(on_error, path, f"line {lineno}: expected non-empty 'text_a', 'text_b' and a numeric 'label'")
             continue
         rows.append((a, b))
         labels.append(float(lab))
+    _finish(path, len(rows), "labeled pairs")
     return TrainSet(("text_a", "text_b"), ("document", "document"), rows, labels=labels)
 
 
@@ -142,9 +145,8 @@ def sentence_rows(
         p = Path(path).expanduser()
         if not p.is_file():
             raise DataError(f"sentences file {p} does not exist")
-        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not texts:
-            raise DataError(f"{p}: no text lines")
+        texts = [line.strip() for _, line in _lines(p, on_error) if line.strip()]
+        _finish(p, len(texts), "text lines")
     else:
         raise ConfigError("data.train needs `root` (a BEIR folder) or `path` (a text file) for format=sentences")
     if unit == "sentence":

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 log = logging.getLogger("embedexp.miners")
 
 CACHE_VERSION = 1
+REQUIRED = {"mined": ("negatives", "stats"), "candidates": ("indices", "scores", "pos_scores")}  # kind -> fields
 
 
 def hash_json(obj: Any) -> str:
@@ -70,6 +71,9 @@ def read_cache(cache_dir: str | Path, key: str, kind: str) -> dict | None:
             obj = json.load(f)
         if not isinstance(obj, dict) or obj.get("version") != CACHE_VERSION or obj.get("key") != key or obj.get("kind") != kind:
             raise ValueError("unexpected content")
+        missing = [k for k in REQUIRED.get(kind, ()) if k not in obj]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
         return obj
     except Exception as e:  # corrupt, truncated, or from another version: recompute
         log.warning("mining cache %s is unreadable (%s); ignoring it", path, type(e).__name__ if not str(e) else str(e).splitlines()[0])
@@ -82,8 +86,11 @@ def write_cache(cache_dir: str | Path, key: str, kind: str, payload: dict) -> Pa
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     obj = {"version": CACHE_VERSION, "key": key, "kind": kind, **payload}
     try:
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=5) as f:
-            json.dump(obj, f)
+        with open(tmp, "wb") as raw:
+            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=5) as f:
+                json.dump(obj, f)
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

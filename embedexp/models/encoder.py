@@ -52,6 +52,9 @@ class Encoder(nn.Module):
         max_seq_length: truncation length in tokens.
         query_prefix / document_prefix: prepended to queries / documents (E5/BGE style).
         trust_remote_code: passed to transformers; off unless the config says so.
+        expected_dim: the embedding size the preset promises; a loaded model of another size is a ModelError.
+        task: the retrieval instruction of instruct models (e5-mistral, gte-Qwen2); the preset puts it into
+            query_prefix, it is kept here for the record only.
     """
 
     def __init__(
@@ -64,6 +67,8 @@ class Encoder(nn.Module):
         document_prefix: str = "",
         trust_remote_code: bool = False,
         name: str | None = None,
+        expected_dim: int | None = None,
+        task: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -77,11 +82,18 @@ class Encoder(nn.Module):
         self.max_seq_length = max_seq_length
         self.prefixes = {"query": query_prefix or "", "document": document_prefix or ""}
         self.trust_remote_code = bool(trust_remote_code)
+        self.task = task
         self.tokenizer, self.backbone = self._load(self.model_name_or_path)
+        if expected_dim is not None and int(expected_dim) != self.dim:
+            raise ModelError(
+                f"model {self.model_name_or_path!r} gives {self.dim}-dim embeddings but model.expected_dim={expected_dim}; "
+                "fix the preset or point model.model_name_or_path at the model it describes"
+            )
         self.backbone.train()  # from_pretrained returns eval mode; follow nn.Module's convention (encode() uses eval)
 
     # ---------------------------------------------------------------- loading
     def _load(self, name: str):
+        from safetensors import SafetensorError
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(name).expanduser()
@@ -92,12 +104,16 @@ class Encoder(nn.Module):
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             backbone = AutoModel.from_pretrained(name, **kwargs)
-        except (OSError, RuntimeError, ValueError) as e:  # unreachable hub name, broken folder, shape mismatch
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # unreachable hub name, broken folder, shape mismatch
             text = str(e).strip()
             if "mismatch" in text.lower():
                 text = "weights do not match the shapes in config.json (size mismatch)"
+            elif isinstance(e, SafetensorError):
+                text = f"the weights file is corrupt or truncated ({text.splitlines()[0] if text else 'unreadable'})"
             first = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"cannot load model {name!r}: {first}") from e
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoder LMs (Mistral, Qwen) ship no pad token
+            tokenizer.pad_token = tokenizer.eos_token
         vocab = len(tokenizer)
         emb = backbone.get_input_embeddings().num_embeddings
         if vocab > emb:
