@@ -125,7 +125,7 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[Any], None], bi
 
 
 SECRET_ENV = re.compile(r"(API_KEY|APIKEY|_TOKEN|_SECRET|SECRET_KEY|ACCESS_KEY|PASSWORD)$", re.IGNORECASE)
-_SECRET_NAME = r"(?:[\w-]*_api_?key|api_?key|(?:auth_|access_|hf_|bearer_)?token|(?:client_)?secret|password|passwd|(?:aws_)?(?:secret_)?access_key|secret_key|private_key)"
+_SECRET_NAME = r"(?:[\w-]*_api_?key|api_?key|(?:auth_|access_|hf_|bearer_)?token|(?:client_)?secret|[\w-]*password|[\w-]*passwd|(?:aws_)?(?:secret_)?access_key|secret_key|private_key)"
 SECRET_KEY = re.compile(rf"^{_SECRET_NAME}$", re.IGNORECASE)  # a config key (leaf name) whose value is a secret
 REDACTED = "***"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -15,28 +16,36 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from embedexp.run_utils import check_loss_fits_data, container, one_line_errors, split_trainer_cfg  # noqa: E402
+from embedexp.run_utils import check_loss_fits_data, container, one_line_errors, scrub_files, scrub_secrets, split_trainer_cfg  # noqa: E402
+from embedexp.validate import check_batches, cli_entry, validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.train")
 
 
-def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, out_dir: Path, callbacks, loggers):
+def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, out_dir: Path, callbacks, loggers,
+         checkpoint: dict | None = None, ckpt_path: str | None = None):
     import lightning as L
 
+    from embedexp.checkpointing import ResumableCheckpoint
     from embedexp.module import EmbeddingModule
 
     if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
         loss.attach(encoder)
     datamodule.set_tokenizer(encoder.tokenize)
     module = EmbeddingModule(encoder, loss, **optim_kwargs)
+    callbacks = list(callbacks)
+    if checkpoint and checkpoint.get("enabled", True):
+        callbacks.append(ResumableCheckpoint(out_dir / "checkpoints", checkpoint.get("every_n_steps"),
+                                             datamodule=datamodule))
     trainer = L.Trainer(
         **trainer_kwargs,
         logger=loggers or False,
         callbacks=callbacks,
         default_root_dir=str(out_dir),
         enable_checkpointing=False,
+        use_distributed_sampler=False,  # EmbeddingDataModule splits rows per rank itself, resumably
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
 
 
@@ -68,20 +77,26 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
 
 
 def train(cfg: DictConfig) -> dict:
+    validate_config(cfg, "train")  # types, ranges, paths: before any data or model loads (or heavy import)
     import lightning as L
     from hydra.utils import instantiate
 
     from embedexp.eval import EvaluationCallback, Evaluator
     from embedexp.eval.report import markdown_table, write_results
+    from embedexp.loggers import log_results
+    from embedexp.models.api import check_trainable
 
     out_dir = Path(cfg.paths.output_dir)
+    scrub_files(out_dir, cfg)  # a key given on the command line must not stay in .hydra/*.yaml
     L.seed_everything(cfg.seed, workers=True)
 
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
+    check_trainable(cfg.model)  # API embedding models can only be evaluated
     loss = instantiate(cfg.loss)
     data_name = f"data={cfg.data.get('name', '?')}"
     datamodule, train_set, pending_miner = _prepare_data(cfg.data, loss, cfg.miner, cfg.seed, data_name)
+    check_batches(cfg, len(train_set))
     pretrain = cfg.get("pretrain")
     if pretrain:
         pre_loss = instantiate(pretrain.loss)
@@ -105,14 +120,21 @@ def train(cfg: DictConfig) -> dict:
     if _is_rank_zero():
         eval_cb.base = evaluator.evaluate(encoder, use_cache=True)
 
+    from embedexp.checkpointing import resolve_ckpt_path
+
+    checkpoint = container(cfg.get("checkpoint")) or {}
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
     t0 = time.perf_counter()
     stages = []
-    if pretrain:
+    if pretrain and ckpt_path:
+        log.info("resuming the main stage: skipping the pretrain stage")
+    elif pretrain:
         log.info("stage 1 (pretrain): %s", type(pre_loss).__name__)
         trainer = _fit(encoder, pre_loss, pre_data, pre_trainer, pre_optim, out_dir / "pretrain", [], loggers)
         stages.append({"stage": "pretrain", "loss": type(pre_loss).__name__, "steps": trainer.global_step,
                        "model_dir": str(encoder.save(out_dir / "pretrain" / "model"))})
-    trainer = _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, out_dir, [eval_cb], loggers)
+    trainer = _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, out_dir, [eval_cb], loggers,
+                   checkpoint=checkpoint, ckpt_path=ckpt_path)
     stages.append({"stage": "train", "loss": type(loss).__name__, "steps": trainer.global_step})
     train_seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
@@ -130,14 +152,19 @@ def train(cfg: DictConfig) -> dict:
         "mining": train_set.info.get("mining"),
         "fit_seconds_incl_eval": round(train_seconds, 1),
         "stages": stages,
-        "config": container(cfg),
+        "resumed_from": ckpt_path,
+        "config": scrub_secrets(container(cfg)),
     }
     rows = write_results(out_dir, eval_cb.base, eval_cb.tuned, meta)
+    log_results(loggers, rows, model_dir, meta)  # W&B: summary, table, model artifact; others: no-op
+    if not checkpoint.get("keep", False):  # the run is finished: its resume checkpoint is dead weight
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     print("\n" + markdown_table(rows))
     print(f"results: {out_dir / 'results.json'}\nmodel:   {model_dir}")
     return rows
 
 
+@cli_entry("train")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> None:

@@ -432,7 +432,8 @@ def check_overrides(config_name: str, overrides: list[str], conf: str | None = N
             sweeping = True
             values = list(o.sweep_string_iterator()) if hasattr(o, "sweep_string_iterator") else []
         else:
-            values = [o.value()]
+            value = o.value()
+            values = list(value) if isinstance(value, list) else [value]  # logger=[csv,wandb]: several options
         options = _group_options(conf_path, group)
         shown = f"{group}@{o.package}" if o.package else group
         for v in values:

@@ -1,0 +1,145 @@
+"""A real one-node Slurm (scripts/slurm/start.sh) runs a 2-job sweep through hydra/launcher=slurm_local,
+and a job killed with SIGKILL makes the sweep fail within a minute, naming the job's state.
+
+Needs root and apt (CI runs as root on Debian); the cluster is stopped at the end, also on failure.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SLURM = REPO / "scripts" / "slurm"
+TRAIN = [sys.executable, "-m", "embedexp.train"]
+
+
+def _why_no_slurm() -> str | None:
+    if os.name != "posix" or os.geteuid() != 0:
+        return "needs root: scripts/slurm/start.sh installs Debian packages and starts system daemons"
+    if not shutil.which("apt-get") and not Path("/usr/sbin/slurmctld").exists():
+        return "needs a Debian/Ubuntu machine (apt-get) to install Slurm"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    reason = _why_no_slurm()
+    if reason:
+        pytest.skip(reason)
+    try:
+        start = subprocess.run(["bash", str(SLURM / "start.sh")], capture_output=True, text=True, timeout=600)
+        assert start.returncode == 0, f"scripts/slurm/start.sh failed:\n{start.stdout}\n{start.stderr}"
+        yield
+    finally:
+        pids = _daemon_pids()
+        stop = subprocess.run(["bash", str(SLURM / "stop.sh")], capture_output=True, text=True, timeout=180)
+        assert stop.returncode == 0, stop.stderr
+    assert len(pids) == 5 and not [p for p in pids if _alive(p)], f"daemons left running: {stop.stdout}"
+
+
+def _daemon_pids() -> list[int]:
+    state = Path(os.environ.get("EMBEDEXP_SLURM_STATE", "/var/lib/embedexp-slurm"))
+    files = [state / "run" / f"{d}.pid" for d in ("slurmd", "slurmctld", "slurmdbd")]
+    files += [Path("/run/mysqld/mysqld.pid"), Path("/run/munge/munged.pid")]
+    return [int(f.read_text()) for f in files if f.exists()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "EMBEDEXP_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
+
+
+def _sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [*TRAIN, "-m", "experiment=demo_tiny", "hydra/launcher=slurm_local", "trainer.lr=1e-3,2e-3",
+           "trainer.max_steps=3", f"hydra.sweep.dir={sweep}"]
+    run = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["swept_keys"] == ["trainer.lr"]
+    assert [j["num"] for j in summary["jobs"]] == [0, 1]
+    for num, lr in ((0, "0.001"), (1, "0.002")):
+        job_dir = sweep / str(num)
+        results = json.loads((job_dir / "results.json").read_text())
+        assert results["config"]["trainer"]["lr"] == float(lr) and results["steps"] == 3
+        job = summary["jobs"][num]
+        assert job["status"] == "finished" and job["overrides"]["trainer.lr"] == lr
+        assert job["metrics"] == results["metrics"]
+        # it really ran as a Slurm job: Hydra recorded the Slurm job id, and accounting says it completed
+        assert job["job_id"] and "_" in job["job_id"]
+        assert _sacct_state(job["job_id"]) == "COMPLETED"
+    md = (sweep / "summary.md").read_text()
+    assert "2 finished, 0 failed" in md and (sweep / "plots" / "trainer.lr.png").stat().st_size > 1000
+
+
+def _job_id(job_dir: Path) -> str | None:
+    import yaml
+
+    try:
+        return str(yaml.safe_load((job_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["id"])
+    except (OSError, TypeError, KeyError, yaml.YAMLError):
+        return None
+
+
+def _task_pid(job_id: str, deadline: float) -> int:
+    """PID of the job's task (step 0, the training process), once it is running."""
+    while time.time() < deadline:
+        out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, timeout=30).stdout
+        for line in out.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 4 and fields[2] == "0" and fields[3] == "0":
+                return int(fields[0])
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} never started its task")
+
+
+def test_sigkilled_job_fails_the_sweep_within_a_minute(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [*TRAIN, "-m", "experiment=demo_tiny", "hydra/launcher=slurm_local", "seed=5",
+           "trainer.max_epochs=10000", f"hydra.sweep.dir={sweep}"]  # runs until killed
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        job_id = None
+        while job_id is None and time.time() < deadline:  # the job has started: Hydra wrote its Slurm id
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+            job_id = _job_id(sweep / "0")
+        os.kill(_task_pid(job_id, deadline), signal.SIGKILL)
+        killed = time.time()
+        out, _ = proc.communicate(timeout=90)
+        took = time.time() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(f"sweep failed {took:.1f} s after the job's task was SIGKILLed")
+    assert proc.returncode != 0
+    assert took < 60, f"the sweep noticed the dead job after {took:.0f}s"
+    assert f"Job {job_id} " in out and "state: FAILED" in out, out[-3000:]
+    assert _sacct_state(job_id) == "FAILED"
+    # the report lists the killed job rather than dropping it
+    from embedexp.report import find_jobs
+
+    (job,) = find_jobs(sweep)
+    assert job.num == 0 and job.status.startswith("failed or unfinished") and job.job_id == job_id
