@@ -285,7 +285,7 @@ def test_sts_train_file_not_utf8(tmp_path, capsys):
 ])
 def test_bad_pairs_file(tmp_path, capsys, rows, expected):
     pairs = _jsonl(tmp_path / "pairs.jsonl", *rows)
-    line = _fails(tmp_path, capsys, "data=pairs", f"data.train.path={pairs}", f"data.eval_sets={{}}")
+    line = _fails(tmp_path, capsys, "data=pairs", f"data.train.path={pairs}", "~data.eval_sets.stsb_test")
     assert line.startswith(f"{pairs}: {expected}"), line
 
 
