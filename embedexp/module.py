@@ -72,6 +72,9 @@ class EmbeddingModule(L.LightningModule):
     def on_train_start(self) -> None:
         # from_pretrained returns models in eval mode and Lightning keeps modes as found: switch dropout on
         self.train()
+        # trainer.deterministic=true keeps deterministic kernels, but by default also fills every new tensor with
+        # NaN (a check for reads of uninitialised memory): ~10% of a CPU training step (docs/benchmarks.md)
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
     def training_step(self, batch, batch_idx: int):
         if self.grad_cache:
