@@ -103,6 +103,15 @@ def check_loss_fits_data(loss: Any, columns: tuple[str, ...], has_labels: bool, 
         raise ConfigError(f"loss={type(loss).__name__} needs labels, but data={data_name} has none")
 
 
+def check_section(cfg: Any, name: str, keys: tuple[str, ...], shape: str) -> None:
+    """An optional config section (`eval.mteb`, `eval.rerank`): a mapping whose keys are all known settings."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{name}={cfg!r}; expected a mapping ({shape}) or null")
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]} is not a setting; expected one of {', '.join(keys)}")
+
+
 def atomic_write(path: str | Path, data: str | bytes | Callable[[Any], None], binary: bool = False) -> Path:
     """Write `data` (text, bytes, or a function writing to an open file) to a temp sibling, fsync, rename.
 

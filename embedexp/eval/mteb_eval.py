@@ -30,6 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from embedexp.errors import ConfigError
+from embedexp.run_utils import check_section
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_set
 
 log = logging.getLogger(__name__)
@@ -433,11 +434,7 @@ def from_config(cfg: dict | None, eval_sets: list, set_specs: dict, cache_dir, b
     """`eval.mteb` -> MtebEvaluation (None when the section is absent/null)."""
     if cfg is None:
         return None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"eval.mteb={cfg!r}; expected a mapping (tasks, local_sets, local_data, ...) or null")
-    unknown = sorted(set(cfg) - set(SETTING_KEYS))
-    if unknown:
-        raise ConfigError(f"eval.mteb.{unknown[0]} is not a setting; expected one of {', '.join(SETTING_KEYS)}")
+    check_section(cfg, "eval.mteb", SETTING_KEYS, "tasks, local_sets, local_data, ...")
     return MtebEvaluation(**cfg, eval_sets=eval_sets, set_specs=set_specs, cache_dir=cache_dir,
                           default_batch_size=batch_size, show_progress=show_progress)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from embedexp.errors import ConfigError, ModelError
+from embedexp.run_utils import check_section
 from embedexp.eval.metrics import ir_metrics, retrieve
 from embedexp.eval.sets import RetrievalSet
 
@@ -100,11 +101,7 @@ def from_config(cfg: dict | None, show_progress: bool = False) -> Reranker | Non
     """`eval.rerank` -> Reranker, or None when it is absent or its model is null (off)."""
     if cfg is None:
         return None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"eval.rerank={cfg!r}; expected a mapping (model, top_k, batch_size) or null")
-    unknown = sorted(set(cfg) - set(SETTING_KEYS))
-    if unknown:
-        raise ConfigError(f"eval.rerank.{unknown[0]} is not a setting; expected one of {', '.join(SETTING_KEYS)}")
+    check_section(cfg, "eval.rerank", SETTING_KEYS, "model, top_k, batch_size")
     if cfg.get("model") is None:
         return None
     return Reranker(**cfg, show_progress=show_progress)

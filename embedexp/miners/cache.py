@@ -10,9 +10,11 @@ import gzip
 import hashlib
 import json
 import logging
-import os
+import os  # noqa: F401  (tests patch cache.os.replace to simulate a crash inside atomic_write)
 from pathlib import Path
 from typing import Any, Iterable
+
+from embedexp.run_utils import atomic_write
 
 log = logging.getLogger("embedexp.miners")
 
@@ -81,18 +83,10 @@ def read_cache(cache_dir: str | Path, key: str, kind: str) -> dict | None:
 
 
 def write_cache(cache_dir: str | Path, key: str, kind: str, payload: dict) -> Path:
-    path = cache_path(cache_dir, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     obj = {"version": CACHE_VERSION, "key": key, "kind": kind, **payload}
-    try:
-        with open(tmp, "wb") as raw:
-            with gzip.open(raw, "wt", encoding="utf-8", compresslevel=5) as f:
-                json.dump(obj, f)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    def write(raw) -> None:
+        with gzip.open(raw, "wt", encoding="utf-8", compresslevel=5) as f:
+            json.dump(obj, f)
+
+    return atomic_write(cache_path(cache_dir, key), write, binary=True)
