@@ -8,9 +8,9 @@ import shutil
 import time
 from pathlib import Path
 
-from embedexp.config import config_dir, quiet_third_party, register_resolvers, set_offline_defaults
+from embedexp.config import config_dir, process_defaults, quiet_third_party, register_resolvers
 
-set_offline_defaults()
+process_defaults()
 register_resolvers()
 
 import hydra  # noqa: E402

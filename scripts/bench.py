@@ -1,6 +1,6 @@
 """embedexp vs the peers, side by side in one run: training, MFU, SciFact evaluation (and bf16 quality).
 
-    python scripts/bench.py                  # full run (~10 min on 2 quiet cores), writes docs/benchmarks.md
+    python scripts/bench.py                  # full run (~25 min on 2 quiet cores), writes docs/benchmarks.md
     python scripts/bench.py --quick          # tiny settings, a smoke test (~2-3 min), writes outputs/bench_quick.md
     python scripts/bench.py --only train     # rerun one part (train | mfu | eval); other rows are kept
     python scripts/bench.py --quality        # fp32 vs bf16 fine-tuning quality on SciFact (slow)
@@ -151,6 +151,15 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
+def _process_info() -> dict:
+    """Whether embedexp's allocator tuning is in effect in this worker (embedexp/runtime.py), and its peak RSS."""
+    import resource
+
+    runtime = sys.modules.get("embedexp.runtime")
+    return {"malloc_tuning": bool(runtime and runtime._applied),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def _watch_matmul_dtype(backbone) -> set:
     """The dtypes the first Linear layer's outputs have while training (bf16 autocast: torch.bfloat16)."""
     from torch import nn
@@ -239,6 +248,7 @@ def train_embedexp(job: dict) -> dict:
     out["matmul_dtype"] = sorted(dtypes)
     out["settings"] = {"precision": trainer_kwargs.get("precision"), "deterministic": trainer_kwargs.get("deterministic"),
                        "overrides": list(job.get("overrides", []))}
+    out.update(_process_info())
     return out
 
 
@@ -317,6 +327,7 @@ def train_st(job: dict) -> dict:
     out["matmul_dtype"] = sorted(dtypes)
     out["settings"] = {"version": sentence_transformers.__version__, "optim": str(args.optim.value),
                        "bf16": args.bf16, "batch_sampler": "sequential"}
+    out.update(_process_info())
     return out
 
 
@@ -344,7 +355,7 @@ def eval_embedexp(job: dict) -> dict:
     t2 = time.perf_counter()
     assert all(c == first for c in cached), "the cached results differ from the computed ones"
     return {"seconds": t1 - t0, "cached_seconds": (t2 - t1) / 3, "ndcg_at_10": first["scifact_test/ndcg@10"],
-            "docs": len(data.docs), "queries": len(data.queries)}
+            "docs": len(data.docs), "queries": len(data.queries), **_process_info()}
 
 
 def eval_peer(job: dict) -> dict:
@@ -384,7 +395,7 @@ def eval_peer(job: dict) -> dict:
     seconds = time.perf_counter() - t0
     scores = result.task_results[0].scores["test"][0]
     return {"seconds": seconds, "ndcg_at_10": float(scores["ndcg_at_10"]), "docs": len(data.docs),
-            "queries": len(data.queries), "peer": f"mteb {mteb.__version__} + sentence-transformers"}
+            "queries": len(data.queries), "peer": f"mteb {mteb.__version__} + sentence-transformers", **_process_info()}
 
 
 def _eval_st_ir(model, data, job: dict) -> dict:
@@ -493,21 +504,47 @@ def part_train(args, tmp: Path) -> dict:
     pairs = tmp / "pairs.json"
     pairs.write_text(json.dumps(rows))
     out = {"settings": {"source": source, "max_len": args.train_max_len, "warmup": args.warmup, "steps": args.steps,
+                        "repeats": args.repeats,
                         "lr": args.lr, "batches": args.batches, "precisions": args.precisions,
                         "embedexp_overrides": args.embedexp_override}, "runs": {}}
     for precision in args.precisions:
         for batch in args.batches:
-            for side in ("embedexp", "st"):
-                job = {"pairs": str(pairs), "batch": batch, "precision": precision, "max_len": args.train_max_len,
-                       "warmup": args.warmup, "steps": args.steps, "lr": args.lr, "tmp": str(tmp / f"{side}{precision}{batch}"),
-                       "overrides": args.embedexp_override}
-                r = run_worker(f"train_{side}", job)
-                if r is None:
-                    continue
-                out["runs"][f"{side}/{precision}/{batch}"] = r
-                print(f"  train {side:8s} {precision} batch {batch:4d}: {r['pairs_per_s']:7.2f} pairs/s "
-                      f"({r['step_s']:.3f} s/step, {r['achieved_gflops']:.1f} GFLOP/s, CPU share {r['cpu_share']:.2f}), loss "
-                      f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, probe {r['probe'][0]:.5f} -> {r['probe'][1]:.5f}", flush=True)
+            runs: dict[str, list] = {"embedexp": [], "st": []}
+            for rep in range(args.repeats):
+                for side in _sides(rep):
+                    job = {"pairs": str(pairs), "batch": batch, "precision": precision, "max_len": args.train_max_len,
+                           "warmup": args.warmup, "steps": args.steps, "lr": args.lr,
+                           "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"), "overrides": args.embedexp_override}
+                    r = run_worker(f"train_{side}", job)
+                    if r is None:
+                        continue
+                    runs[side].append(r)
+                    print(f"  train {side:8s} {precision} batch {batch:4d} (run {rep + 1}): {r['pairs_per_s']:7.2f} pairs/s "
+                          f"({r['step_s']:.3f} s/step, {r['achieved_gflops']:.1f} GFLOP/s, CPU share {r['cpu_share']:.2f}), "
+                          f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, probe {r['probe'][0]:.5f} -> "
+                          f"{r['probe'][1]:.5f}", flush=True)
+            for side, rs in runs.items():
+                if rs:
+                    out["runs"][f"{side}/{precision}/{batch}"] = merge_train_runs(rs, batch)
+    return out
+
+
+def _sides(rep: int) -> tuple[str, str]:
+    """embedexp first in even repeats, the peer first in odd ones (ABBA): slow drift of the machine cancels."""
+    return ("embedexp", "st") if rep % 2 == 0 else ("st", "embedexp")
+
+
+def merge_train_runs(rs: list[dict], batch: int) -> dict:
+    """Repeats of one (framework, precision, batch): medians over every timed step of every repeat."""
+    out = dict(rs[0])
+    times = [t for r in rs for t in r["step_times"]]
+    out["step_times"] = times
+    out["step_s"] = statistics.median(times)
+    out["pairs_per_s"] = batch / out["step_s"]
+    out["achieved_gflops"] = statistics.median(r["achieved_gflops"] for r in rs)
+    out["cpu_share"] = statistics.mean(r["cpu_share"] for r in rs)
+    out["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in rs)
+    out["repeat_step_s"] = [r["step_s"] for r in rs]
     return out
 
 
@@ -520,13 +557,21 @@ def part_mfu(args) -> dict:
 def part_eval(args, tmp: Path) -> dict:
     job = {"data_root": args.data_root, "eval_docs": args.eval_docs, "max_len": args.eval_max_len,
            "batch": args.eval_batch, "tmp": str(tmp / "eval")}
-    out = {"settings": {k: job[k] for k in ("eval_docs", "max_len", "batch")}}
-    for kind in ("eval_embedexp", "eval_peer"):
-        r = run_worker(kind, job)
-        if r is not None:
-            out[kind] = r
-            print(f"  {kind}: {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, {r['queries']} queries)",
-                  flush=True)
+    out = {"settings": {**{k: job[k] for k in ("eval_docs", "max_len", "batch")}, "repeats": args.repeats}}
+    runs: dict[str, list] = {"eval_embedexp": [], "eval_peer": []}
+    for rep in range(args.repeats):
+        for side in _sides(rep):
+            kind = "eval_embedexp" if side == "embedexp" else "eval_peer"
+            r = run_worker(kind, {**job, "tmp": f"{job['tmp']}{rep}"})
+            if r is None:
+                continue
+            runs[kind].append(r)
+            print(f"  {kind} (run {rep + 1}): {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, "
+                  f"{r['queries']} queries)", flush=True)
+    for kind, rs in runs.items():
+        if rs:
+            out[kind] = {**rs[0], "seconds": statistics.median(r["seconds"] for r in rs),
+                         "repeat_seconds": [r["seconds"] for r in rs]}
     return out
 
 
@@ -564,14 +609,24 @@ NOTES = """Speed work behind these rows (measured with a profiler and A/B runs o
 - CPU training uses the model's eager attention instead of SDPA, whose CPU flash kernel has no dropout (with
   attention dropout it falls back to unfused math): ~12% off a bf16 step (batch 32, max length 128), ~1% in fp32;
   inference keeps SDPA. Same function (the kernels agree to 1e-5 with dropout off).
+- Freed memory is kept for reuse (`embedexp/runtime.py`, applied by every embedexp command; off with
+  `EMBEDEXP_MALLOC_TUNING=0`): glibc otherwise maps every large activation tensor fresh and unmaps it on free, so the
+  kernel page-faults and zero-fills it again in every layer of every batch. A/B in fresh processes, same shapes:
+  ~10% off a MiniLM encoding batch (64 x 128 tokens) and ~20% off a batch-128 fp32 training step, peak RSS within
+  ~10%. The peers run with the allocator's defaults (the `malloc tuning` column).
+- Encoding tokenises a block of 32 batches in one call, on the tokenizers library's threads (DataLoader workers
+  still get `TOKENIZERS_PARALLELISM=false`), then batches by exact token length (longest first) and pads each batch
+  to its own longest text.
 - Not changed, measured as too small to matter here: tokenising each batch in the training loop (~16 ms per
   batch of 32 pairs at max length 128, under 1% of a step), thread count (torch already uses one thread per core).
-- Evaluation is bound by the encoder's matmuls on both sides (length-sorted batches, dynamic padding,
-  `torch.inference_mode`; a profile shows the same aten ops and counts on both sides); SciFact documents are mostly
-  longer than the max length, so there is little padding to cut. One known difference: embedexp sets
-  `TOKENIZERS_PARALLELISM=false` (no fork warnings with DataLoader workers), so it tokenises on one core where
-  sentence-transformers uses two: ~1.2 s of a full SciFact evaluation at max length 128.
+- Evaluation is bound by the encoder's matmuls on both sides (`torch.inference_mode`, SDPA; a profile shows the
+  same aten ops and counts on both sides); SciFact documents are mostly longer than the max length, so there is
+  little padding to cut.
 - No GPU rows: this task was not lent a GPU machine."""
+
+
+def _yn(r: dict | None) -> str:
+    return "n/a" if not r or "malloc_tuning" not in r else ("on" if r["malloc_tuning"] else "off")
 
 
 def render(res: dict) -> str:
@@ -619,9 +674,12 @@ def render(res: dict) -> str:
         what = f"SciFact test ({e['docs'] if e else '?'} docs, {e['queries'] if e else '?'} queries), batch {s['batch']}, max len {s['max_len']}"
         if e and p:
             agree = abs(e["ndcg_at_10"] - p["ndcg_at_10"])
+            runs = lambda r: "/".join(f"{x:.1f}" for x in r.get("repeat_seconds", [r["seconds"]]))  # noqa: E731
             lines.append(f"| eval {what} | {e['seconds']:.1f} s | {p['seconds']:.1f} s | {p['seconds'] / e['seconds']:.2f}x | "
                          f"{p['peer']}; nDCG@10 {e['ndcg_at_10']:.5f} vs {p['ndcg_at_10']:.5f} (|diff| {agree:.1e}, "
-                         f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3) |")
+                         f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3); median of fresh runs, alternating "
+                         f"order: embedexp {runs(e)} s, peer {runs(p)} s; peak RSS {e.get('peak_rss_mb', 0):.0f} vs "
+                         f"{p.get('peak_rss_mb', 0):.0f} MB; malloc tuning {_yn(e)} / {_yn(p)} |")
         if e:
             lines.append(f"| eval again, cached base results | {e['cached_seconds']:.3f} s | | | embedexp's eval cache "
                          f"(model fingerprint + data + metric settings; target < 1 s) |")
@@ -636,7 +694,8 @@ def render(res: dict) -> str:
                   "so a high share does not prove a quiet machine).", "",
                   "| run | embedexp probe before -> after | peer probe before -> after | before: abs diff | "
                   "embedexp step loss first -> last | peer step loss first -> last | Linear output dtype (embedexp / peer) | "
-                  "CPU share (embedexp / peer) |", "|---|---|---|---:|---|---|---|---|"]
+                  "CPU share (embedexp / peer) | s/step per fresh run (embedexp / peer) | peak RSS MB (embedexp / peer) | "
+                  "malloc tuning (embedexp / peer) |", "|---|---|---|---:|---|---|---|---|---|---|---|"]
         for key in sorted({k.split("/", 1)[1] for k in train["runs"]}):
             e, p = train["runs"].get(f"embedexp/{key}"), train["runs"].get(f"st/{key}")
             pr = lambda r: (f"{r['probe'][0]:.5f} -> {r['probe'][1]:.5f} ({'down' if r['probe'][1] < r['probe'][0] else 'NOT down'})"  # noqa: E731
@@ -645,9 +704,13 @@ def render(res: dict) -> str:
             diff = f"{abs(e['probe'][0] - p['probe'][0]):.1e}" if e and p else "n/a"
             dt = " / ".join(",".join(r.get("matmul_dtype", [])).replace("torch.", "") if r else "n/a" for r in (e, p))
             share = " / ".join(f"{r['cpu_share']:.2f}" if r and "cpu_share" in r else "n/a" for r in (e, p))
-            lines.append(f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dt} | {share} |")
+            reps = " / ".join(",".join(f"{x:.2f}" for x in r.get("repeat_step_s", [r["step_s"]])) if r else "n/a" for r in (e, p))
+            rss = " / ".join(f"{r.get('peak_rss_mb', 0):.0f}" if r else "n/a" for r in (e, p))
+            lines.append(f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dt} | {share} | "
+                         f"{reps} | {rss} | {_yn(e)} / {_yn(p)} |")
         lines += ["", f"Training settings: {s['source']}, max length {s['max_len']}, {s['warmup']} warm-up step(s) then "
-                  f"{s['steps']} timed steps (median), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
+                  f"{s['steps']} timed steps per fresh run, {s.get('repeats', 1)} run(s) per side alternating which side "
+                  f"goes first; the median of all timed steps), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
                   "embedexp: `trainer=cpu` (fp32) / `trainer=cpu_bf16` (bf16 autocast), `loss=infonce`, `model=minilm`"
                   + (f", overrides {' '.join(s['embedexp_overrides'])}" if s.get("embedexp_overrides") else "") + "."]
     q = res.get("quality")
@@ -687,6 +750,8 @@ def main() -> None:
     ap.add_argument("--train-max-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="fresh runs per side and row, alternating which side goes first (default 2)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--eval-docs", type=int, default=None, help="subsample the SciFact corpus (default: all 5,183)")
     ap.add_argument("--eval-max-len", type=int, default=128)
@@ -702,7 +767,7 @@ def main() -> None:
         print(json.dumps(WORKERS[args.worker[0]](json.loads(args.worker[1]))))
         return
     if args.quick:
-        args.batches, args.train_max_len, args.warmup, args.steps = [8], 32, 1, 3
+        args.batches, args.train_max_len, args.warmup, args.steps, args.repeats = [8], 32, 1, 3, 1
         args.eval_docs, args.eval_max_len, args.eval_batch = args.eval_docs or 300, 32, 32
         args.train_rows = args.train_rows or 64
     sys.path.insert(0, str(ROOT))

@@ -23,6 +23,7 @@ from embedexp.models.pooling import POOLING_MODES, pool
 
 KINDS = ("query", "document")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_ENCODE_BLOCK = 32  # batches tokenised per bulk call in encode()
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
 
@@ -168,6 +169,45 @@ class Encoder(nn.Module):
             self.backbone.set_attn_implementation(want)
             self._sdpa = self.backbone.config._attn_implementation == want  # a model that cannot switch stays as it is
 
+    def tokenize_unpadded(self, texts: Sequence[str], kind: str) -> dict[str, list[list[int]]]:
+        """Prefix + tokenise + truncate, without padding (one bulk call; the tokenizer's threads when allowed)."""
+        from embedexp.config import parallel_tokenizing_allowed
+
+        prefixed = self.add_prefix(texts, kind)
+        kwargs = dict(padding=False, truncation=True, max_length=self.max_seq_length)
+        if not parallel_tokenizing_allowed():
+            return dict(self.tokenizer(prefixed, **kwargs))
+        previous = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"  # read by the Rust tokenizer at each call
+        try:
+            return dict(self.tokenizer(prefixed, **kwargs))
+        finally:
+            if previous is None:
+                del os.environ["TOKENIZERS_PARALLELISM"]
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+    def pad(self, encoded: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad unpadded token lists to the batch's longest, on the tokenizer's padding side (= `tokenize`)."""
+        values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
+                  "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
+        left = self.tokenizer.padding_side == "left"
+        width = max(len(ids) for ids in encoded["input_ids"])
+        out = {}
+        for key, rows in encoded.items():
+            if key not in values:
+                continue
+            t = torch.full((len(rows), width), values[key], dtype=torch.long)
+            for r, seq in enumerate(rows):
+                if not seq:
+                    continue
+                if left:
+                    t[r, width - len(seq):] = torch.tensor(seq)
+                else:
+                    t[r, : len(seq)] = torch.tensor(seq)
+            out[key] = t
+        return out
+
     @torch.inference_mode()
     def encode(
         self,
@@ -177,23 +217,30 @@ class Encoder(nn.Module):
         show_progress: bool = False,
         desc: str | None = None,
     ) -> torch.Tensor:
-        """Inference: texts -> float32 (n, dim) on CPU. Batches are length-sorted to cut padding."""
+        """Inference: texts -> float32 (n, dim) on CPU.
+
+        Texts are tokenised in bulk, a block of `_ENCODE_BLOCK` batches at a time, and batched by token length
+        (longest first), so each batch is padded to the least width.
+        """
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # roughly by length: blocks stay alike
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
         device = self.device
+        block = batch_size * _ENCODE_BLOCK
         try:
-            for start in tqdm(
-                range(0, len(texts), batch_size),
-                desc=desc or f"encode {kind}s",
-                disable=not show_progress,
-                unit="batch",
-            ):
-                idx = order[start : start + batch_size]
-                feats = self.tokenize([texts[i] for i in idx], kind)
-                feats = {k: v.to(device) for k, v in feats.items()}
-                out[idx] = self(feats).float().cpu()
+            with tqdm(total=-(-len(texts) // batch_size), desc=desc or f"encode {kind}s", disable=not show_progress,
+                      unit="batch") as bar:
+                for b0 in range(0, len(texts), block):
+                    ids = order[b0 : b0 + block]
+                    enc = self.tokenize_unpadded([texts[i] for i in ids], kind)
+                    by_len = sorted(range(len(ids)), key=lambda j: -len(enc["input_ids"][j]))
+                    for s0 in range(0, len(by_len), batch_size):
+                        sel = by_len[s0 : s0 + batch_size]
+                        feats = self.pad({k: [v[j] for j in sel] for k, v in enc.items()})
+                        feats = {k: v.to(device) for k, v in feats.items()}
+                        out[[ids[j] for j in sel]] = self(feats).float().cpu()
+                        bar.update(1)
         finally:
             self.train(was_training)
         return out
@@ -261,9 +308,12 @@ class Encoder(nn.Module):
                 "embedexp": self.settings(),
             },
         )
-        if path.exists():
-            shutil.rmtree(path)
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # moved aside, not deleted: a crash here leaves the previous model intact beside it
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
         return path
 
     @classmethod
