@@ -124,8 +124,8 @@ def test_adapter_maps_prompt_types_to_our_prefixes(tiny_model_dir):
 
     enc = Encoder(str(tiny_model_dir), query_prefix="query: ", document_prefix="passage: ")
     seen = []
-    real = enc.tokenize
-    enc.tokenize = lambda texts, kind: seen.append(enc.add_prefix(texts, kind)) or real(texts, kind)
+    real = enc.tokenize_unpadded
+    enc.tokenize_unpadded = lambda texts, kind: seen.append(enc.add_prefix(texts, kind)) or real(texts, kind)
 
     class Meta:
         name = "t"
