@@ -93,7 +93,8 @@ def test_cpu_training_uses_eager_attention_and_inference_sdpa(tiny_model_dir):
     feats = enc.tokenize(["vitamin d and bone fractures in older adults", "sleep"], "document")
     enc.train()
     enc(feats).sum().backward()
-    assert enc.backbone.config._attn_implementation == "eager"
+    assert enc.backbone.config._attn_implementation == enc._train_attention  # eager math (cpu_dropout's on AMD)
+    assert enc._train_attention in ("eager", "embedexp_cpu_train")
     got = enc.encode(["vitamin d and bone fractures in older adults", "sleep"])
     assert enc.backbone.config._attn_implementation == "sdpa" and enc.training
     ref = AutoModel.from_pretrained(str(tiny_model_dir)).eval()  # an untouched SDPA model as the reference

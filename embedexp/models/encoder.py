@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from embedexp.errors import ConfigError, ModelError
+from embedexp.models import cpu_dropout
 from embedexp.models.pooling import POOLING_MODES, pool
 
 KINDS = ("query", "document")
@@ -94,6 +95,10 @@ class Encoder(nn.Module):
         cfg = self.backbone.config
         self._sdpa = getattr(cfg, "_attn_implementation", None) == "sdpa"
         self._attn_dropout = float(getattr(cfg, "attention_probs_dropout_prob", getattr(cfg, "attention_dropout", 0.0)) or 0.0)
+        self._train_attention = "eager"
+        if cpu_dropout.wanted():  # torch samples dropout masks on one core on this CPU (see cpu_dropout)
+            cpu_dropout.replace_dropout_modules(self.backbone)
+            self._train_attention = cpu_dropout.ATTENTION_NAME
 
     # ---------------------------------------------------------------- loading
     def _load(self, name: str):
@@ -161,13 +166,24 @@ class Encoder(nn.Module):
 
     def _pick_attention(self) -> None:
         """SDPA has no fused CPU kernel with dropout (it falls back to unfused math): CPU training with attention
-        dropout runs the model's eager attention instead (same math; ~12% faster bf16 steps, docs/benchmarks.md)."""
+        dropout runs eager attention instead (same math; ~12% faster bf16 steps, docs/benchmarks.md), with
+        cpu_dropout's mask sampler where torch's is serial."""
         if not self._sdpa:
             return
-        want = "eager" if self.training and self._attn_dropout > 0 and self.device.type == "cpu" else "sdpa"
-        if self.backbone.config._attn_implementation != want:
+        training_on_cpu = self.training and self._attn_dropout > 0 and self.device.type == "cpu"
+        want = self._train_attention if training_on_cpu else "sdpa"
+        if self.backbone.config._attn_implementation == want:
+            return
+        try:
+            if want == cpu_dropout.ATTENTION_NAME:
+                cpu_dropout.register_attention()  # again: a spawned DDP process unpickles the model without it
             self.backbone.set_attn_implementation(want)
-            self._sdpa = self.backbone.config._attn_implementation == want  # a model that cannot switch stays as it is
+        except (ValueError, ImportError, KeyError):  # a model without the attention interface: plain eager
+            if want != cpu_dropout.ATTENTION_NAME:
+                raise
+            self._train_attention = want = "eager"
+            self.backbone.set_attn_implementation(want)
+        self._sdpa = self.backbone.config._attn_implementation == want  # a model that cannot switch stays as it is
 
     def tokenize_unpadded(self, texts: Sequence[str], kind: str) -> dict[str, list[list[int]]]:
         """Prefix + tokenise + truncate, without padding (one bulk call; the tokenizer's threads when allowed)."""
