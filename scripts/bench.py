@@ -614,6 +614,12 @@ NOTES = """Speed work behind these rows (measured with a profiler and A/B runs o
   kernel page-faults and zero-fills it again in every layer of every batch. A/B in fresh processes, same shapes:
   ~10% off a MiniLM encoding batch (64 x 128 tokens) and ~20% off a batch-128 fp32 training step, peak RSS within
   ~10%. The peers run with the allocator's defaults (the `malloc tuning` column).
+- Dropout masks are drawn by `embedexp/models/cpu_dropout.py` (numpy SFC64 bits seeded from torch's RNG; same keep
+  rate and scaling as `F.dropout`): torch samples them serially on non-Intel CPUs (its parallel MKL sampler is
+  Intel-only), and a profile of a bf16 step (batch 32, max length 128) put `aten::bernoulli_` at 24% of CPU time.
+  A/B on the same step: ~16% off bf16 and ~8% off fp32 at batch 32. Hidden dropouts use `CPUDropout`; attention
+  dropout runs in an eager attention registered with transformers (`embedexp_cpu_train`). `EMBEDEXP_FAST_DROPOUT=0`
+  turns it off. Training losses therefore differ from the peer's by dropout noise (a different mask stream).
 - Encoding tokenises a block of 32 batches in one call, on the tokenizers library's threads (DataLoader workers
   still get `TOKENIZERS_PARALLELISM=false`), then batches by exact token length (longest first) and pads each batch
   to its own longest text.
