@@ -63,9 +63,16 @@ def _env(tmp_path: Path) -> dict:
     return {**os.environ, "EMBEDEXP_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
 
 
-def _sacct_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30)
-    return out.stdout.strip()
+def _sacct_state(job_id: str, wait_s: float = 30.0) -> str:
+    """The job's final accounting state; submitit can return the result while the job step is still exiting."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True,
+                             timeout=30)
+        state = out.stdout.strip()
+        if state not in ("", "PENDING", "RUNNING", "COMPLETING") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
 
 
 def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
