@@ -9,15 +9,16 @@ from omegaconf import OmegaConf
 
 
 def config_dir() -> str:
-    """The `conf/` folder: $EMBEDEXP_CONFIG_DIR, else the one beside the package (editable install)."""
+    """The `conf/` folder: $EMBEDEXP_CONFIG_DIR, else the checkout's (editable install), else the wheel's copy."""
     env = os.environ.get("EMBEDEXP_CONFIG_DIR")
     if env:
         return str(Path(env).resolve())
-    here = Path(__file__).resolve().parent.parent / "conf"
-    if here.is_dir():
-        return str(here)
+    package = Path(__file__).resolve().parent
+    for here in (package.parent / "conf", package / "conf"):  # a checkout (editable install), then a wheel's copy
+        if (here / "train.yaml").is_file():
+            return str(here)
     raise FileNotFoundError(
-        "embedexp: cannot find the conf/ folder; install with `pip install -e .` from a checkout "
+        "embedexp: cannot find the conf/ folder; install from a checkout (`pip install .` or `pip install -e .`) "
         "or set EMBEDEXP_CONFIG_DIR"
     )
 
