@@ -205,24 +205,7 @@ class Encoder(nn.Module):
 
     def pad(self, encoded: dict[str, list[list[int]]]) -> dict[str, torch.Tensor]:
         """Pad unpadded token lists to the batch's longest, on the tokenizer's padding side (= `tokenize`)."""
-        values = {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0,
-                  "token_type_ids": getattr(self.tokenizer, "pad_token_type_id", 0)}
-        left = self.tokenizer.padding_side == "left"
-        width = max(len(ids) for ids in encoded["input_ids"])
-        out = {}
-        for key, rows in encoded.items():
-            if key not in values:
-                continue
-            t = torch.full((len(rows), width), values[key], dtype=torch.long)
-            for r, seq in enumerate(rows):
-                if not seq:
-                    continue
-                if left:
-                    t[r, width - len(seq):] = torch.tensor(seq)
-                else:
-                    t[r, : len(seq)] = torch.tensor(seq)
-            out[key] = t
-        return out
+        return dict(self.tokenizer.pad(encoded, padding=True, return_tensors="pt"))
 
     @torch.inference_mode()
     def encode(
