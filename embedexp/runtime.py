@@ -47,3 +47,8 @@ def tune_cpu_allocator() -> bool:
         log.debug("mallopt was refused; the allocator keeps its defaults")
     _applied = ok
     return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether `tune_cpu_allocator` has put its settings in effect in this process."""
+    return bool(_applied)

@@ -155,8 +155,8 @@ def _process_info() -> dict:
     """Whether embedexp's allocator tuning is in effect in this worker (embedexp/runtime.py), and its peak RSS."""
     import resource
 
-    runtime = sys.modules.get("embedexp.runtime")
-    return {"malloc_tuning": bool(runtime and runtime._applied),
+    runtime = sys.modules.get("embedexp.runtime")  # imported only by embedexp's workers (its commands' setup)
+    return {"malloc_tuning": bool(runtime and runtime.allocator_tuned()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -509,29 +509,34 @@ def part_train(args, tmp: Path) -> dict:
                         "embedexp_overrides": args.embedexp_override}, "runs": {}}
     for precision in args.precisions:
         for batch in args.batches:
-            runs: dict[str, list] = {"embedexp": [], "st": []}
-            for rep in range(args.repeats):
-                for side in _sides(rep):
-                    job = {"pairs": str(pairs), "batch": batch, "precision": precision, "max_len": args.train_max_len,
-                           "warmup": args.warmup, "steps": args.steps, "lr": args.lr,
-                           "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"), "overrides": args.embedexp_override}
-                    r = run_worker(f"train_{side}", job)
-                    if r is None:
-                        continue
-                    runs[side].append(r)
+            def one(side: str, rep: int) -> dict | None:
+                job = {"pairs": str(pairs), "batch": batch, "precision": precision, "max_len": args.train_max_len,
+                       "warmup": args.warmup, "steps": args.steps, "lr": args.lr,
+                       "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"), "overrides": args.embedexp_override}
+                r = run_worker(f"train_{side}", job)
+                if r is not None:
                     print(f"  train {side:8s} {precision} batch {batch:4d} (run {rep + 1}): {r['pairs_per_s']:7.2f} pairs/s "
                           f"({r['step_s']:.3f} s/step, {r['achieved_gflops']:.1f} GFLOP/s, CPU share {r['cpu_share']:.2f}), "
                           f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, probe {r['probe'][0]:.5f} -> "
                           f"{r['probe'][1]:.5f}", flush=True)
-            for side, rs in runs.items():
+                return r
+
+            for side, rs in run_alternating(args.repeats, one).items():
                 if rs:
                     out["runs"][f"{side}/{precision}/{batch}"] = merge_train_runs(rs, batch)
     return out
 
 
-def _sides(rep: int) -> tuple[str, str]:
-    """embedexp first in even repeats, the peer first in odd ones (ABBA): slow drift of the machine cancels."""
-    return ("embedexp", "st") if rep % 2 == 0 else ("st", "embedexp")
+def run_alternating(repeats: int, one) -> dict[str, list[dict]]:
+    """`one(side, rep)` for both sides `repeats` times: embedexp first in even repeats, the peer ("st") first in odd
+    ones (ABBA), so slow drift of the machine cancels. Failed runs (None) are left out."""
+    runs: dict[str, list[dict]] = {"embedexp": [], "st": []}
+    for rep in range(repeats):
+        for side in ("embedexp", "st") if rep % 2 == 0 else ("st", "embedexp"):
+            r = one(side, rep)
+            if r is not None:
+                runs[side].append(r)
+    return runs
 
 
 def merge_train_runs(rs: list[dict], batch: int) -> dict:
@@ -558,17 +563,17 @@ def part_eval(args, tmp: Path) -> dict:
     job = {"data_root": args.data_root, "eval_docs": args.eval_docs, "max_len": args.eval_max_len,
            "batch": args.eval_batch, "tmp": str(tmp / "eval")}
     out = {"settings": {**{k: job[k] for k in ("eval_docs", "max_len", "batch")}, "repeats": args.repeats}}
-    runs: dict[str, list] = {"eval_embedexp": [], "eval_peer": []}
-    for rep in range(args.repeats):
-        for side in _sides(rep):
-            kind = "eval_embedexp" if side == "embedexp" else "eval_peer"
-            r = run_worker(kind, {**job, "tmp": f"{job['tmp']}{rep}"})
-            if r is None:
-                continue
-            runs[kind].append(r)
-            print(f"  {kind} (run {rep + 1}): {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, "
+    kinds = {"embedexp": "eval_embedexp", "st": "eval_peer"}
+
+    def one(side: str, rep: int) -> dict | None:
+        r = run_worker(kinds[side], {**job, "tmp": f"{job['tmp']}{rep}"})
+        if r is not None:
+            print(f"  {kinds[side]} (run {rep + 1}): {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, "
                   f"{r['queries']} queries)", flush=True)
-    for kind, rs in runs.items():
+        return r
+
+    for side, rs in run_alternating(args.repeats, one).items():
+        kind = kinds[side]
         if rs:
             out[kind] = {**rs[0], "seconds": statistics.median(r["seconds"] for r in rs),
                          "repeat_seconds": [r["seconds"] for r in rs]}
