@@ -20,7 +20,8 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from embedexp.run_utils import atomic_write, container, one_line_errors, scrub_files, scrub_secrets  # noqa: E402
-from embedexp.validate import cli_entry, validate_config  # noqa: E402
+from embedexp.cli import cli_entry  # noqa: E402
+from embedexp.validate import validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.mine")
 

@@ -16,8 +16,12 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from embedexp.run_utils import check_loss_fits_data, container, one_line_errors, scrub_files, scrub_secrets, split_trainer_cfg  # noqa: E402
-from embedexp.validate import check_batches, cli_entry, validate_config  # noqa: E402
+from embedexp.run_utils import (  # noqa: E402
+    check_loss_fits_data, container, hydra_job_command, launches_script_children, one_line_errors, scrub_files, scrub_secrets,
+    split_trainer_cfg)
+from embedexp.cli import cli_entry  # noqa: E402
+from embedexp.trainer.config import check_batches  # noqa: E402
+from embedexp.validate import validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.train")
 
@@ -47,6 +51,52 @@ def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, ou
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _run_job_alone(out_dir: Path) -> dict:
+    """Run this multirun job as a plain single run in fresh processes (rank 0 + Lightning's children) and wait.
+
+    Lightning's subprocess DDP launcher starts ranks 1.. by re-running `sys.argv` with `hydra.run.dir=...`
+    appended; under `-m` that re-runs the whole sweep (a second sweep folder, every job twice). It also leaves
+    LOCAL_RANK/MASTER_PORT in os.environ and the process group alive, so a second DDP job in the same multirun
+    process would start no children and join a dead group. So a DDP job of a multirun is re-run alone
+    (`hydra_job_command`: the job's own overrides and folder) in a child process, whose Lightning then launches
+    the other ranks the supported single-run way; the multirun process keeps no DDP state between jobs.
+
+    Returns:
+        the job's metric rows, read from `<out_dir>/results.json`.
+    Raises:
+        SystemExit(2): the run stopped on a user error (it printed the `embedexp: error: ...` line).
+        RuntimeError: the run failed otherwise (exit status and log file named).
+    """
+    import json
+    import subprocess
+
+    from hydra.core.hydra_config import HydraConfig
+
+    cmd, cwd = hydra_job_command("embedexp.train", HydraConfig.get(), out_dir)
+    log.info("multirun job with subprocess DDP: running it alone in %s", out_dir)
+    log.debug("command: %s (cwd %s)", cmd, cwd)
+    proc = subprocess.Popen(cmd, cwd=cwd)
+    try:
+        rc = proc.wait()
+    except BaseException:  # Ctrl-C, a signal turned into an exception: the job's processes stop with it
+        proc.terminate()
+        proc.wait()
+        raise
+    if rc == 2:
+        raise SystemExit(2)
+    if rc != 0:
+        raise RuntimeError(f"job {HydraConfig.get().job.get('num', '?')}: its DDP run exited with status {rc}; "
+                           f"see {out_dir}/{HydraConfig.get().job.name}.log")
+    return json.loads((out_dir / "results.json").read_text(encoding="utf-8"))["metrics"]
 
 
 def _is_rank_zero() -> bool:
@@ -92,6 +142,8 @@ def train(cfg: DictConfig) -> dict:
 
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
+    if False and _in_multirun() and launches_script_children(trainer_kwargs):
+        return _run_job_alone(out_dir)  # DDP ranks re-run the command line: give them this job's alone
     check_trainable(cfg.model)  # API embedding models can only be evaluated
     loss = instantiate(cfg.loss)
     data_name = f"data={cfg.data.get('name', '?')}"

@@ -18,7 +18,7 @@ from conftest import DEMO, write_beir
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError
 from embedexp.run_utils import one_line_errors
-from embedexp.validate import check_overrides
+from embedexp.cli import check_overrides
 
 CORPUS = {"d1": ("Bread", "Knead the dough."), "d2": ("Stars", "A star is a ball of plasma.")}
 QUERIES = {"q1": "how to knead", "q2": "what is a star"}
@@ -88,7 +88,7 @@ def _model_copy(src: Path, dst: Path, drop=(), edit_config=None) -> Path:
 # ================================================================ command line (real subprocesses)
 def test_cli_group_option_typo_names_closest(tmp_path):
     line = _cli(tmp_path, "loss=infonc")
-    assert line.startswith("loss=infonc: no such option in conf/loss/; did you mean loss=infonce?")
+    assert line.startswith("loss=infonc: no such option in config group loss; did you mean loss=infonce?")
 
 
 def test_cli_key_typo_names_closest(tmp_path):
@@ -104,7 +104,7 @@ def test_cli_data_error_names_file_and_line(tmp_path):
 
 # ================================================================ command-line overrides (in-process)
 def test_experiment_typo():
-    with pytest.raises(ConfigError, match=r"^experiment=demo_tny: no such option in conf/experiment/; did you mean experiment=demo_tiny\?"):
+    with pytest.raises(ConfigError, match=r"^experiment=demo_tny: no such option in config group experiment; did you mean experiment=demo_tiny\?"):
         check_overrides("train", ["experiment=demo_tny"])
 
 

@@ -30,7 +30,7 @@ from typing import Iterator
 import numpy as np
 
 from embedexp.errors import ConfigError
-from embedexp.run_utils import check_section
+from embedexp.eval.config import check_section
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_set
 
 log = logging.getLogger(__name__)
@@ -247,8 +247,9 @@ def local_set_task(name: str, data_set, spec: dict):
         eval_langs=["eng-Latn"],
         main_score="ndcg_at_10" if retrieval else "cosine_spearman",
     )
-    if retrieval:  # our evaluator never retrieves a document whose id equals the query id
-        return _task_on(AbsTaskRetrieval, data_set, split, metadata=metadata, ignore_identical_ids=True)
+    if retrieval:  # the set's own ignore_identical_ids, the same one our evaluator applies
+        return _task_on(AbsTaskRetrieval, data_set, split, metadata=metadata,
+                        ignore_identical_ids=bool(data_set.ignore_identical_ids))
     return _task_on(AbsTaskSTS, data_set, split, metadata=metadata, min_score=0, max_score=float(spec.get("max_score", 5.0)))
 
 
@@ -278,7 +279,7 @@ def named_task(name: str, local: dict | None, key: str = "eval.mteb") -> Resolve
         raise ConfigError(f"{key}.tasks: {name!r} is not an mteb task ({first})") from None
     local = dict(local or {})
     if local and _local_path(local) and Path(str(_local_path(local))).expanduser().exists():
-        data_set = load_eval_set(f"{key}.local_data.{name}", local)
+        data_set = load_eval_set(name, local, key=f"{key}.local_data.{name}")
         want = "retrieval" if task.metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval") else "sts" if task.metadata.type == "STS" else None
         got = local.get("type")
         if want is None:
@@ -288,6 +289,8 @@ def named_task(name: str, local: dict | None, key: str = "eval.mteb") -> Resolve
             raise ConfigError(f"{key}.local_data.{name}.type={got!r}; task {name} is of mteb type {task.metadata.type}, expected type {want!r}")
         split = str(local.get("split", "test"))
         attrs = {"metadata": task.metadata}
+        if isinstance(data_set, RetrievalSet) and "ignore_identical_ids" in local:
+            attrs["ignore_identical_ids"] = bool(data_set.ignore_identical_ids)  # else mteb's own task setting
         if isinstance(data_set, STSSet):
             attrs.update(min_score=0, max_score=float(local.get("max_score", task.max_score)))
         local_task = _task_on(type(task), data_set, split, **attrs)

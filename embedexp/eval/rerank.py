@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from embedexp.errors import ConfigError, ModelError
-from embedexp.run_utils import check_section
+from embedexp.eval.config import check_section
 from embedexp.eval.metrics import ir_metrics, retrieve
 from embedexp.eval.sets import RetrievalSet
 

@@ -14,7 +14,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from embedexp.run_utils import container, one_line_errors  # noqa: E402
-from embedexp.validate import cli_entry  # noqa: E402
+from embedexp.cli import cli_entry  # noqa: E402
 
 log = logging.getLogger("embedexp.index")
 

@@ -77,9 +77,10 @@ class TripletLoss(nn.Module):
         self.distance = check_distance(distance, DISTANCES)
         if margin is None:
             margin = DEFAULT_MARGINS[self.distance]
-        if not (is_number(margin) and margin >= 0):
+        if not (is_number(margin) and margin >= 0 and (self.distance != "cosine" or margin <= 2.0)):
+            rng = "in [0, 2.0] (cosine distances lie in [0, 2])" if self.distance == "cosine" else ">= 0"
             raise ConfigError(
-                f"loss.margin={margin!r}; expected a number >= 0 "
+                f"loss.margin={margin!r}; expected a number {rng} "
                 f"(or null for the {self.distance} default {DEFAULT_MARGINS[self.distance]})"
             )
         self.margin = float(margin)

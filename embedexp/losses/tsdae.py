@@ -56,6 +56,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -86,6 +87,10 @@ class TSDAELoss(nn.Module):
                 f"loss.decoder_name_or_path={decoder_name_or_path!r}; expected a model folder or hub name, "
                 "or null to use the encoder's own checkpoint"
             )
+        if (isinstance(decoder_name_or_path, str) and decoder_name_or_path.startswith((".", "/", "~"))
+                and not Path(decoder_name_or_path).expanduser().is_dir()):
+            raise ConfigError(f"loss.decoder_name_or_path={decoder_name_or_path}: folder does not exist; "
+                              "expected a model folder or null")
         if not isinstance(tie_encoder_decoder, bool):
             raise ConfigError(f"loss.tie_encoder_decoder={tie_encoder_decoder!r}; expected true or false")
         try:

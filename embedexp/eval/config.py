@@ -1,0 +1,61 @@
+"""Checks of the `eval` config group: metric settings and eval sets, before any file or model loads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedexp.checks import check_choice, check_dir, check_file, check_int, check_int_list, check_number
+from embedexp.data.readers import ON_ERROR
+from embedexp.errors import ConfigError
+from embedexp.eval.sets import SET_TYPES
+
+K_LISTS = ("ndcg_at", "recall_at", "mrr_at", "map_at")
+
+
+def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets") -> None:
+    """Checks an `eval` preset (batch size, metric cut-offs, Matryoshka dims, each eval set's files) before any load.
+
+    Args:
+        ev: the resolved eval config.
+        model_dim: the model's embedding size when known (`eval.dims` must not exceed it).
+        sets_key: the key the user edits for the eval sets (`data.eval_sets` when eval.sets points there).
+    Raises:
+        ConfigError: naming the key, its value and what is expected.
+    """
+    if not isinstance(ev, dict):
+        raise ConfigError(f"eval={ev!r}; expected an eval preset (e.g. eval=default)")
+    check_int("eval.batch_size", ev.get("batch_size", 64), 1)
+    ks = {k: check_int_list(f"eval.{k}", ev[k]) for k in K_LISTS if k in ev}
+    dims = check_int_list("eval.dims", ev.get("dims"), optional=True)
+    if dims and model_dim is not None and max(dims) > model_dim:
+        raise ConfigError(f"eval.dims={dims}; {max(dims)} exceeds the model's embedding dimension {model_dim}; "
+                          f"expected dims <= {model_dim}")
+    sets = ev.get("sets") or {}
+    if not isinstance(sets, dict):
+        raise ConfigError(f"{sets_key}={sets!r}; expected a mapping name -> {{type, root/path}}")
+    for name, spec in sets.items():
+        key = f"{sets_key}.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}={spec!r}; expected a mapping with type and root/path")
+        check_choice(f"{key}.type", spec.get("type"), SET_TYPES)
+        check_choice(f"{key}.on_error", spec.get("on_error", "raise"), ON_ERROR)
+        if spec["type"] == "retrieval":
+            check_dir(f"{key}.root", spec.get("root"), "a BEIR folder")
+            if ks and not any(ks.values()):
+                raise ConfigError(f"eval: every metric cut-off list ({', '.join(ks)}) is empty; expected at least one k")
+        else:
+            check_file(f"{key}.path", spec.get("path"), "an STS tsv file")
+            check_number(f"{key}.max_score", spec.get("max_score", 5.0), 0, low_open=True)
+
+
+def check_section(cfg: Any, name: str, keys: tuple[str, ...], shape: str) -> None:
+    """An optional config section (`eval.mteb`, `eval.rerank`): a mapping whose keys are all known settings.
+
+    Raises:
+        ConfigError: `cfg` is not a mapping, or has a key outside `keys`.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{name}={cfg!r}; expected a mapping ({shape}) or null")
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]} is not a setting; expected one of {', '.join(keys)}")

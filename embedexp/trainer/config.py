@@ -1,0 +1,80 @@
+"""Checks of the `trainer` config group and its split into optimiser and `lightning.Trainer` arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embedexp.checks import check_choice, check_int, check_number, is_int, select
+from embedexp.errors import ConfigError
+
+PRECISIONS = ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", "16", "32", "64", "bf16",
+              "transformer-engine", "transformer-engine-float16", 16, 32, 64)
+
+
+def world_size(trainer: dict) -> int | None:
+    """devices x num_nodes when both are known numbers (None for 'auto' / -1)."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        n = len(devices)
+    elif isinstance(devices, str) and devices.isdigit():
+        n = int(devices)
+    elif is_int(devices) and devices > 0:
+        n = devices
+    else:
+        return None
+    nodes = trainer.get("num_nodes", 1)
+    return n * nodes if is_int(nodes) else None
+
+
+def check_trainer_config(prefix: str, trainer: Any, batch_size: Any) -> None:
+    """Checks a `trainer` preset (optimiser, Lightning Trainer settings, GradCache) before anything is built.
+
+    Raises:
+        ConfigError: naming the key, its value and what is expected (e.g. `trainer.lr=0; expected a number > 0`).
+    """
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"{prefix}={trainer!r}; expected a trainer preset (e.g. trainer=cpu)")
+    check_number(f"{prefix}.lr", trainer.get("lr", 2e-5), 0, low_open=True)
+    check_number(f"{prefix}.weight_decay", trainer.get("weight_decay", 0.0), 0)
+    check_number(f"{prefix}.warmup_ratio", trainer.get("warmup_ratio", 0.0), 0, 1, high_open=True)
+    check_int(f"{prefix}.max_epochs", trainer.get("max_epochs"), -1, optional=True)
+    check_int(f"{prefix}.max_steps", trainer.get("max_steps"), -1, optional=True)
+    if trainer.get("max_epochs") == 0 or trainer.get("max_steps") == 0:
+        key = "max_epochs" if trainer.get("max_epochs") == 0 else "max_steps"
+        raise ConfigError(f"{prefix}.{key}=0; expected at least 1 (or -1 for no limit): the run would not train")
+    check_int(f"{prefix}.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
+    check_number(f"{prefix}.gradient_clip_val", trainer.get("gradient_clip_val"), 0, optional=True)
+    check_int(f"{prefix}.num_nodes", trainer.get("num_nodes", 1), 1)
+    check_int(f"{prefix}.skip_bad_batches", trainer.get("skip_bad_batches", 0), 0)
+    devices = trainer.get("devices", 1)
+    if not (devices == "auto" or (is_int(devices) and (devices >= 1 or devices == -1))
+            or (isinstance(devices, str) and devices.isdigit()) or isinstance(devices, list)):
+        raise ConfigError(f"{prefix}.devices={devices!r}; expected a positive integer, -1, 'auto' or a list of device ids")
+    if "precision" in trainer:
+        check_choice(f"{prefix}.precision", trainer["precision"], PRECISIONS)
+    if trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{prefix}.accelerator={trainer['accelerator']}; no CUDA GPU is visible here; "
+                              "expected trainer=cpu (or run on a GPU node)")
+    gc = trainer.get("grad_cache") or {}
+    if not isinstance(gc, dict):
+        raise ConfigError(f"{prefix}.grad_cache={gc!r}; expected a mapping with chunk_size, anchor_chunk_size")
+    chunk = gc.get("chunk_size")
+    check_int(f"{prefix}.grad_cache.chunk_size", chunk, 1, optional=True)
+    check_int(f"{prefix}.grad_cache.anchor_chunk_size", gc.get("anchor_chunk_size"), 1, optional=True)
+    if chunk is not None and is_int(batch_size) and chunk > batch_size:
+        raise ConfigError(f"{prefix}.grad_cache.chunk_size={chunk} exceeds data.batch_size={batch_size}; "
+                          "expected a chunk size <= the (per-device) batch size")
+
+
+def check_batches(cfg: Any, n_rows: int) -> None:
+    """Once the rows are known: drop_last must leave at least one step on every device."""
+    batch, drop_last = select(cfg, "data.batch_size", 32), select(cfg, "data.drop_last", False)
+    world = world_size(select(cfg, "trainer") or {}) or 1
+    if drop_last and n_rows < batch * world:
+        raise ConfigError(
+            f"data.batch_size={batch} x {world} device(s) = {batch * world} rows per step, but the training data has "
+            f"{n_rows} rows and data.drop_last=true: no step would run; expected a smaller batch or drop_last=false"
+        )
