@@ -25,7 +25,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from embedexp.errors import ModelError
     from embedexp.eval import Evaluator
-    from embedexp.eval.report import markdown_table, write_results
+    from embedexp.eval.results import markdown_table, write_results
     from embedexp.models import Encoder
 
     out_dir = Path(cfg.paths.output_dir)

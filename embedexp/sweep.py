@@ -33,7 +33,7 @@ class SweepSummary(Callback):
         SlurmJob.watcher = SlurmInfoWatcher(delay_s=max(1, int(self.slurm_poll_interval_s)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from embedexp.report import write_report
+        from embedexp.sweep_report import write_report
 
         sweep_dir = str(config.hydra.sweep.dir)
         try:

@@ -132,7 +132,7 @@ def train(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.eval import EvaluationCallback, Evaluator
-    from embedexp.eval.report import markdown_table, write_results
+    from embedexp.eval.results import markdown_table, write_results
     from embedexp.loggers import log_results
     from embedexp.models.api import check_trainable
 
@@ -142,7 +142,7 @@ def train(cfg: DictConfig) -> dict:
 
     # 1. everything cheap and checkable first: config values, data files, eval files
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
-    if False and _in_multirun() and launches_script_children(trainer_kwargs):
+    if _in_multirun() and launches_script_children(trainer_kwargs):
         return _run_job_alone(out_dir)  # DDP ranks re-run the command line: give them this job's alone
     check_trainable(cfg.model)  # API embedding models can only be evaluated
     loss = instantiate(cfg.loss)

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from embedexp.eval import plots
-from embedexp.eval.report import compare, write_results
+from embedexp.eval.results import compare, write_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BASE = {

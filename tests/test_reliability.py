@@ -186,11 +186,12 @@ def _crash(*a, **k):
 
 
 def test_results_json_survives_a_crashed_write(tmp_path, monkeypatch):
-    from embedexp.eval import report
+    from embedexp import io
+    from embedexp.eval import results as report
 
     report.write_results(tmp_path, {"m": 0.1}, {"m": 0.2}, {"title": "first"})
     before = (tmp_path / "results.json").read_text()
-    monkeypatch.setattr(report.os, "replace", _crash)
+    monkeypatch.setattr(io.os, "replace", _crash)
     with pytest.raises(OSError):
         report.write_results(tmp_path, {"m": 0.5}, {"m": 0.9}, {"title": "second"})
     assert (tmp_path / "results.json").read_text() == before

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from embedexp.report import main, write_report
+from embedexp.sweep_report import main, write_report
 from embedexp.sweep import SweepSummary
 
 METRICS = ["demo_test/ndcg@10", "demo_test/recall@10", "demo_sts/spearman"]

@@ -146,7 +146,7 @@ def test_sigkilled_job_fails_the_sweep_within_a_minute(slurm, tmp_path):
     assert f"Job {job_id} " in out and "state: FAILED" in out, out[-3000:]
     assert _sacct_state(job_id) == "FAILED"
     # the report lists the killed job rather than dropping it
-    from embedexp.report import find_jobs
+    from embedexp.sweep_report import find_jobs
 
     (job,) = find_jobs(sweep)
     assert job.num == 0 and job.status.startswith("failed or unfinished") and job.job_id == job_id

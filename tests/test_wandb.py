@@ -12,7 +12,7 @@ import pytest
 
 from embedexp import loggers
 from embedexp.loggers import choose_mode, find_api_key, read_wandb_run, reachable
-from embedexp.report import main as report_main
+from embedexp.sweep_report import main as report_main
 
 REPO = Path(__file__).resolve().parent.parent
 FAKE_KEY = "fake0wandb0key0" + "0123456789abcdef" * 2  # 47 characters, like a real key's length class

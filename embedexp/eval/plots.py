@@ -17,6 +17,8 @@ import os
 import re
 from pathlib import Path
 
+from embedexp.io import atomic_write
+
 log = logging.getLogger(__name__)
 DIM_KEY = re.compile(r"^(?P<metric>.+)@dim(?P<dim>\d+)$")
 NOT_A_SCORE = re.compile(r"(ms_per|seconds|latency|_time|/time)", re.I)
@@ -177,10 +179,8 @@ def write_plots(out_dir: str | Path, rows: dict[str, dict]) -> list[Path]:
         md += "\n" + "".join(f"![{Path(i).stem}]({i})\n" for i in images)
     if md:
         try:
-            from embedexp.eval.report import _atomic_write
-
             results_md = out_dir / "results.md"
-            _atomic_write(results_md, (results_md.read_text() if results_md.is_file() else "") + md)
+            atomic_write(results_md, (results_md.read_text() if results_md.is_file() else "") + md)
         except Exception as e:
             log.warning("could not append the plots to results.md: %s: %s", type(e).__name__, e)
     return written

@@ -1,11 +1,16 @@
-"""results.json + results.md: every metric, base vs fine-tuned, with the delta. Written atomically."""
+"""One run's results: results.json + results.md, every metric base vs fine-tuned with the delta. Written atomically.
+
+(The comparison of many runs of a sweep is `embedexp.sweep_report`.)
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from embedexp.eval.plots import write_plots
+from embedexp.io import atomic_write
 
 
 def compare(base: dict[str, float], tuned: dict[str, float]) -> dict[str, dict[str, float | None]]:
@@ -24,12 +29,6 @@ def markdown_table(rows: dict[str, dict[str, float | None]], base_name: str = "b
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: str | Path, base: dict, tuned: dict, meta: dict[str, Any]) -> dict:
     """Write results.md then results.json (the file that marks a finished run) and return the table."""
     out_dir = Path(out_dir)
@@ -37,9 +36,7 @@ def write_results(out_dir: str | Path, base: dict, tuned: dict, meta: dict[str, 
     rows = compare(base, tuned)
     title = meta.get("title", "base vs fine-tuned")
     md = f"# {title}\n\n" + markdown_table(rows) + "\n" + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "title" and not isinstance(v, dict))
-    _atomic_write(out_dir / "results.md", md)
-    from embedexp.eval.plots import write_plots
-
+    atomic_write(out_dir / "results.md", md)
     write_plots(out_dir, rows)  # PNGs + Matryoshka retention table appended to results.md; never raises
-    _atomic_write(out_dir / "results.json", json.dumps({"metrics": rows, **meta}, indent=2, default=str) + "\n")
+    atomic_write(out_dir / "results.json", json.dumps({"metrics": rows, **meta}, indent=2, default=str) + "\n")
     return rows
