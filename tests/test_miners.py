@@ -102,13 +102,16 @@ def test_bm25_fast_equals_reference(seed, tok):
 
 @needs_rank_bm25
 def test_bm25_backends_mine_identically(tmp_path):
-    docs, queries = random_corpus(5, n_docs=150, n_queries=20, vocab=12)
+    # all 25 words: with 12, every term is in most documents, rank_bm25's idf and so every score is < 0 (nothing
+    # is retrieved; see tests/test_mined_negatives.py)
+    docs, queries = random_corpus(5, n_docs=150, n_queries=20, vocab=len(WORDS))
     ts = make_set(docs, queries, {q: [q, q + 20] for q in range(20)})
     kw = dict(top_k=30, skip_top=2, n_negatives=3, margin=0.1, cache=False, show_progress=False)
     fast = BM25Miner(backend="fast", **kw).mine(ts)
     ref = BM25Miner(backend="reference", **kw).mine(ts)
     assert fast.rows == ref.rows and len(fast.rows) > 0
     assert fast.info["mining"]["removed"] == ref.info["mining"]["removed"]
+    assert fast.info["mining"]["removed"]["not_retrieved"] > 0  # the zero-score tail of some queries
     assert fast.columns == ("anchor", "positive", "negative_1", "negative_2", "negative_3")
     assert fast.kinds == ("query", "document", "document", "document", "document")
 
@@ -133,7 +136,7 @@ def test_bm25_score_of_a_text_matches_the_index():
 
 
 def test_positive_outside_the_corpus_is_scored_from_its_text():
-    docs, queries = random_corpus(4, n_docs=60, n_queries=1, vocab=12)
+    docs, queries = random_corpus(4, n_docs=60, n_queries=1, vocab=len(WORDS))
     outside = "heart cell protein gene heart"
     t = Tokenizer("word", True, "none")
     index = BM25Index(t.many(docs))
@@ -143,9 +146,10 @@ def test_positive_outside_the_corpus_is_scored_from_its_text():
     ts = TrainSet(("anchor", "positive"), ("query", "document"), [(queries[0], outside)], query_ids=["q0"],
                   corpus={f"d{i}": d for i, d in enumerate(docs)}, qrels={"q0": {"dx": 1}})
     out = BM25Miner(top_k=60, margin=margin, stopwords="none", cache=False, show_progress=False).mine(ts)
-    assert out.info["mining"]["removed"]["margin"] == int((s > pos - margin).sum()) > 0
+    # one count per distinct text: docs[3] is a copy of docs[1] (removed as duplicate_text before the margin)
+    assert out.info["mining"]["removed"]["margin"] == len({docs[j] for j in np.flatnonzero(s > pos - margin)}) > 0
     order = np.argsort(-s, kind="stable")
-    assert out.rows[0][2] == docs[next(j for j in order if s[j] <= pos - margin)]
+    assert out.rows[0][2] == docs[next(j for j in order if 0 < s[j] <= pos - margin)]
 
 
 def test_topk_desc_is_a_stable_sort():
@@ -274,12 +278,12 @@ def test_cross_encoder_rescoring_order(tiny_cross_encoder):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    docs, queries = random_corpus(7, n_docs=20, n_queries=3, vocab=10)
+    docs, queries = random_corpus(7, n_docs=20, n_queries=3, vocab=len(WORDS))
     miner = CrossEncoderMiner(model_path=str(tiny_cross_encoder), n_candidates=12, top_k=8, batch_size=1,
                               cache=False, show_progress=False)
     pairs = np.array([[0, 5], [2, 1]])
     idx, scores, pos = miner._rank(queries, docs, 8, pairs)
-    cand, _, _ = BM25Miner(top_k=12, cache=False, show_progress=False)._rank(queries, docs, 12, np.empty((0, 2), int))
+    cand, bm25, _ = BM25Miner(top_k=12, cache=False, show_progress=False)._rank(queries, docs, 12, np.empty((0, 2), int))
     tok = AutoTokenizer.from_pretrained(str(tiny_cross_encoder))
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_cross_encoder)).eval()
 
@@ -287,8 +291,10 @@ def test_cross_encoder_rescoring_order(tiny_cross_encoder):
         with torch.inference_mode():
             return float(model(**tok([q], [d], truncation=True, max_length=256, return_tensors="pt")).logits[0, 0])
 
+    assert 0 < (bm25 > 0).sum() < bm25.size  # some candidates the BM25 stage did not retrieve (score 0)
     for qi in range(3):
-        s = {int(j): direct(queries[qi], docs[j]) for j in cand[qi]}
+        # only what BM25 retrieved is re-scored; the rest is not retrieved (-inf), last, in corpus order
+        s = {int(j): direct(queries[qi], docs[j]) if b > 0 else -np.inf for j, b in zip(cand[qi], bm25[qi])}
         expect = sorted(s, key=lambda j: (-s[j], j))[:8]  # score desc, ties by corpus order
         assert idx[qi].tolist() == expect
         np.testing.assert_allclose(scores[qi], [s[j] for j in expect], rtol=0, atol=1e-6)
@@ -336,10 +342,11 @@ def test_combined_filters_count_in_order():
     keep, removed = filter_candidates(scores, np.arange(7), is_pos, 8.0, skip_top=1, max_score=9.5, margin=1.0,
                                       relative_margin=0.2)
     # rank 0 (window), rank 3 (positive), 9.0 (> 7.0 margin; max_score 9.5 keeps it), 8.0 (margin), 6.0 (> 6.4? no)
-    assert removed == {"rank_window": 1, "known_positives": 1, "max_score": 0, "margin": 2, "relative_margin": 0}
+    zero = {"not_retrieved": 0, "anchor_text": 0, "duplicate_text": 0}  # filters this call does not use
+    assert removed == {**zero, "rank_window": 1, "known_positives": 1, "max_score": 0, "margin": 2, "relative_margin": 0}
     assert np.flatnonzero(keep).tolist() == [4, 5, 6]
     keep, removed = filter_candidates(scores, np.arange(7), is_pos, 8.0, max_score=8.5, relative_margin=0.25)
-    assert removed == {"rank_window": 0, "known_positives": 2, "max_score": 1, "margin": 0, "relative_margin": 1}
+    assert removed == {**zero, "rank_window": 0, "known_positives": 2, "max_score": 1, "margin": 0, "relative_margin": 1}
     assert np.flatnonzero(keep).tolist() == [4, 5, 6]
 
 
@@ -380,7 +387,9 @@ def test_mine_applies_filters_per_row():
     assert negs == [["doc 0", "doc 1"]] * 3
     assert out.info["mining"]["removed"]["known_positives"] == 3 + 3 + 1
     pair = StubMiner(ranking, score_of, top_k=8, n_negatives=2, exclude_positives="pair").mine(ts)
-    assert [[r[2], r[3]] for r in pair.rows] == [["doc 0", "doc 4"], ["doc 2", "doc 2"], ["doc 0", "doc 1"]]
+    # q0/d4 with pair: d2 is allowed, d9 (same text as d2) is not a second negative (distinct texts, issue 14)
+    assert [[r[2], r[3]] for r in pair.rows] == [["doc 0", "doc 4"], ["doc 2", "doc 0"], ["doc 0", "doc 1"]]
+    assert pair.info["mining"]["removed"]["duplicate_text"] == 1
     # margin on the row's positive score: q0/d2 has 8.0 -> keep <= 7.0 ; q0/d4 has 6.0 -> keep <= 5.0
     mm = StubMiner(ranking, score_of, top_k=8, n_negatives=1, margin=1.0).mine(ts)
     assert [r[2] for r in mm.rows] == ["doc 7", "doc 7", "doc 8"]

@@ -6,19 +6,29 @@ on disk: the ranking under a key of data + scorer settings + model fingerprint, 
 filter statistics) under that key + the filter settings. A sweep that only changes the loss hits both; one that
 changes a filter re-uses the ranking.
 
-Filters, applied in this order to the candidates at ranks 0..top_k-1 (each count in the statistics is the
-number of candidates that filter removed among those the earlier filters kept):
+The rule: every mined negative is a real, distinct, retrieved candidate that is not a positive. Filters,
+applied in this order to the candidates at ranks 0..top_k-1 (each count in the statistics is the number of
+candidates that filter removed among those the earlier filters kept):
 
+  not_retrieved    the scorer did not retrieve it: an index outside the corpus (e.g. faiss' -1 "no result"),
+                   a score that is not finite (NaN, +-inf), and for BM25 a score <= 0 (no query term matched,
+                   or only terms of idf <= 0; Lucene/Pyserini do not return such documents). `_retrieved`
+                   says what each miner retrieves. When the corpus is smaller than top_k, or a query matches
+                   few documents, the unretrieved tail of the top-k list is padding, never a "hard" negative.
   rank_window      ranks < skip_top                       (skip the top ranks: likely unlabelled positives)
   known_positives  the row's positive (by id or identical text) and, with exclude_positives=all, every
                    document of the query's qrels with grade > 0 (and documents with the same text)
+  anchor_text      a document whose text is the anchor's (query's) own text
+  duplicate_text   a document whose text equals a better-ranked retrieved candidate's (one negative per text,
+                   and no copy of a candidate that the rank window or the positives removed)
   max_score        score > max_score
-  margin           score > positive_score - margin
+  margin           score > positive_score - margin        (a NaN positive score fails every candidate)
   relative_margin  score > positive_score - relative_margin * |positive_score|   (also for negative scores)
 
 Then `n_negatives` are taken from the survivors: the best ranked (sampling=top) or a seeded random sample
-(sampling=random), kept in rank order. Rows with fewer survivors are dropped (on_short=drop) or fail the run
-(on_short=fail).
+(sampling=random), kept in rank order. Rows with fewer survivors are short: dropped (on_short=drop) or the
+run fails (on_short=fail); the statistics count them (rows_short, queries_short) and, per filter, what was
+removed (`removed`), so a query that retrieves nothing shows up as not_retrieved + rows_short.
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write
 
 log = logging.getLogger("embedexp.miners")
 
-FILTERS = ("rank_window", "known_positives", "max_score", "margin", "relative_margin")
+FILTERS = ("not_retrieved", "rank_window", "known_positives", "anchor_text", "duplicate_text", "max_score", "margin",
+           "relative_margin")
 EXCLUDE = ("all", "pair")
 SAMPLING = ("top", "random")
 ON_SHORT = ("drop", "fail")
@@ -83,8 +94,12 @@ def topk_desc(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     The same order as a stable sort of -scores (and as Python's `sorted(..., reverse=True)` on
     `enumerate(scores)`). A threshold from a strided quarter of the columns (its k-th largest value is at most
     the row's k-th largest) keeps a few k candidates per row, which are then sorted exactly.
+    NaN scores are treated as -inf (last; returned as -inf): a NaN threshold would select fewer than k columns
+    per row and repeat one. Returns (indices (n, min(k, m)) int64, their scores); columns are distinct per row.
     """
     scores = np.asarray(scores)
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     n, m = scores.shape
     k = min(int(k), m)
     if k <= 0:
@@ -130,11 +145,23 @@ def filter_candidates(
     max_score: float | None = None,
     margin: float | None = None,
     relative_margin: float | None = None,
+    retrieved: np.ndarray | None = None,
+    is_anchor: np.ndarray | None = None,
+    text_ids: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Keep-mask over one row's candidates and how many each filter removed (in FILTERS order)."""
+    """Keep-mask over one row's candidates (rank order) and how many each filter removed (in FILTERS order).
+
+    scores, ranks, is_positive, retrieved, is_anchor, text_ids: (top_k,) arrays for the row's candidates;
+    `retrieved` (bool) defaults to "score is finite"; `text_ids` identifies equal texts (candidates with the same
+    id as a better-ranked retrieved candidate are duplicates); None skips that filter. Score filters compare with
+    `not (score <= threshold)`, so a NaN threshold (NaN positive score) removes every candidate.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     keep = np.ones(len(scores), dtype=bool)
     removed: dict[str, int] = {}
+    if retrieved is None:
+        retrieved = np.isfinite(scores)
+    retrieved = np.asarray(retrieved, dtype=bool)
 
     def apply(name: str, remove: np.ndarray | None) -> None:
         if remove is None:
@@ -144,13 +171,27 @@ def filter_candidates(
         removed[name] = int(hit.sum())
         keep[hit] = False
 
+    def above(threshold: float) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            return ~(scores <= threshold)
+
+    apply("not_retrieved", ~retrieved)
     apply("rank_window", np.asarray(ranks) < skip_top)
     apply("known_positives", np.asarray(is_positive, dtype=bool))
-    apply("max_score", scores > max_score if max_score is not None else None)
-    apply("margin", scores > positive_score - margin if margin is not None else None)
+    apply("anchor_text", np.asarray(is_anchor, dtype=bool) if is_anchor is not None else None)
+    dup = None
+    if text_ids is not None:
+        dup = np.zeros(len(scores), dtype=bool)
+        pos = np.flatnonzero(retrieved)
+        _, first = np.unique(np.asarray(text_ids)[pos], return_index=True)
+        dup[pos] = True
+        dup[pos[first]] = False
+    apply("duplicate_text", dup)
+    apply("max_score", above(max_score) if max_score is not None else None)
+    apply("margin", above(positive_score - margin) if margin is not None else None)
     apply(
         "relative_margin",
-        scores > positive_score - relative_margin * abs(positive_score) if relative_margin is not None else None,
+        above(positive_score - relative_margin * abs(positive_score)) if relative_margin is not None else None,
     )
     return keep, removed
 
@@ -221,6 +262,15 @@ class HardNegativeMiner:
     def _score_texts(self, queries: list[str], pairs: list[tuple[int, str]], encoder=None) -> np.ndarray:
         """Scores of (query index, text) pairs for positives that are not in the corpus."""
         raise NotImplementedError
+
+    def _retrieved(self, idx: np.ndarray, scores: np.ndarray, n_docs: int) -> np.ndarray:
+        """Which of `_rank`'s candidates the scorer really retrieved: (n, k) bool, same shape as idx/scores.
+
+        Default: an index inside the corpus (0 <= idx < n_docs) with a finite score. BM25 also needs score > 0.
+        """
+        idx = np.asarray(idx)
+        with np.errstate(invalid="ignore"):
+            return (idx >= 0) & (idx < n_docs) & np.isfinite(np.asarray(scores, dtype=np.float64))
 
     def _release(self) -> None:
         """Drop the index / embeddings / models that scoring built (the miner may outlive mining)."""
@@ -320,7 +370,10 @@ class HardNegativeMiner:
                 })
 
         t0 = time.perf_counter()
-        negatives, stats = self._select(train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores)
+        query_text = np.fromiter((text_to_idx.get(row[0], -2) for row in train_set.rows), dtype=np.int64,
+                                 count=len(train_set.rows))  # -2: the anchor's text is not a document
+        negatives, stats = self._select(train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores,
+                                        query_text)
         stats.update({
             "cache": cache_state,
             "seconds": {"scoring": round(t_score, 3), "filtering": round(time.perf_counter() - t0, 3),
@@ -331,7 +384,12 @@ class HardNegativeMiner:
                                                             "negatives": negatives, "stats": stats})
         return self._output(train_set, docs, negatives, stats)
 
-    def _select(self, train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores):
+    def _select(self, train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores, query_text):
+        """Each row's negatives (corpus indices, or None for a short row) and the statistics.
+
+        idx, scores: (n_queries, depth) from `_rank`; pos_scores: (n_rows,); query_text: (n_rows,) the canonical
+        corpus index of each row's anchor text (-2 when the anchor's text is not a document).
+        """
         n_rows, depth = len(train_set.rows), idx.shape[1]
         known: dict[str, np.ndarray] = {}
         for qid, rels in train_set.qrels.items():
@@ -341,16 +399,20 @@ class HardNegativeMiner:
         rng = np.random.default_rng(self.seed)
         negatives: list[list[int] | None] = []
         short_rows, short_queries, positives_retrieved = 0, set(), 0
+        retrieved = self._retrieved(idx, scores, len(docs))
+        # the canonical (first) corpus index of each candidate's text; -1 for an unretrieved candidate
+        cand_text = np.where(retrieved, canon[np.clip(idx, 0, len(docs) - 1)], -1)
         for r in range(n_rows):
             qi, qid = int(row_q[r]), train_set.query_ids[r]
-            cand = idx[qi]
+            cand, ct, ok = idx[qi], cand_text[qi], retrieved[qi]
             drop = [known.get(qid, np.empty(0, np.int64))] if self.exclude_positives == "all" else []
             if row_pos[r] >= 0:
                 drop.append(np.array([canon[row_pos[r]]], dtype=np.int64))
-                positives_retrieved += bool((cand == row_pos[r]).any())
-            is_pos = np.isin(canon[cand], np.concatenate(drop)) if drop else np.zeros(depth, bool)
+                positives_retrieved += bool((ok & (cand == row_pos[r])).any())
+            is_pos = np.isin(ct, np.concatenate(drop)) & ok if drop else np.zeros(depth, bool)
             keep, rem = filter_candidates(scores[qi], ranks, is_pos, float(pos_scores[r]), self.skip_top,
-                                          self.max_score, self.margin, self.relative_margin)
+                                          self.max_score, self.margin, self.relative_margin, retrieved=ok,
+                                          is_anchor=(ct == query_text[r]) & ok, text_ids=ct)
             for f, c in rem.items():
                 removed[f] += c
             eligible = np.flatnonzero(keep)
@@ -374,6 +436,8 @@ class HardNegativeMiner:
             "candidates": int(n_rows * depth),
             "removed": removed,
             "positives_in_top_k": int(positives_retrieved),
+            "candidates_retrieved": int(retrieved[row_q].sum()),
+            "queries_none_retrieved": int((~retrieved.any(axis=1)).sum()),
             "rows_short": short_rows,
             "queries_short": len(short_queries),
             "rows_dropped": short_rows,

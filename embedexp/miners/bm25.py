@@ -10,6 +10,9 @@ Two backends give the same top-k (same ids, same order, bit-identical scores):
   document's score is the same sum, in the same order, as rank_bm25's. Top-k by partition; ties are
   broken by corpus order in both backends (what a stable sort of the scores gives).
 
+A document is retrieved only with a score > 0 (see `BM25Miner._retrieved`); the zero-score tail of a top-k list
+(a query of stop words only, a query that matches only its positive, terms of idf 0) is never mined.
+
 BM25Okapi: idf(t) = ln(N - df + 0.5) - ln(df + 0.5); a negative idf is replaced by epsilon * mean idf;
 score(q, d) = sum over query tokens t (repeats count) of idf(t) * tf (k1 + 1) / (tf + k1 (1 - b + b |d| / avgdl)).
 """
@@ -202,6 +205,13 @@ class BM25Miner(HardNegativeMiner):
                 pos_scores[sel] = s[pos_pairs[sel, 0] - start, pos_pairs[sel, 1]]
                 bar.update(stop - start)
         return idx, scores, pos_scores
+
+    def _retrieved(self, idx, scores, n_docs):
+        """BM25 retrieves a document only with a score > 0, as Lucene/Pyserini do: a 0 means no query token
+        matched (or only tokens of idf 0: df = N/2), and rank_bm25's epsilon floor can make scores negative when
+        the mean idf is negative. Such candidates are top-k padding, not hard negatives."""
+        with np.errstate(invalid="ignore"):
+            return super()._retrieved(idx, scores, n_docs) & (np.asarray(scores, dtype=np.float64) > 0)
 
     def _release(self) -> None:
         self._index = None

@@ -18,7 +18,9 @@ from embedexp.run_utils import atomic_write
 
 log = logging.getLogger("embedexp.miners")
 
-CACHE_VERSION = 1
+# 2: the selection rule of issue 14 (unretrieved candidates, duplicate and anchor texts are never negatives;
+#    cross-encoder rankings mark unretrieved first-stage candidates -inf): results of version 1 are not served
+CACHE_VERSION = 2
 REQUIRED = {"mined": ("negatives", "stats"), "candidates": ("indices", "scores", "pos_scores")}  # kind -> fields
 
 
@@ -71,7 +73,9 @@ def read_cache(cache_dir: str | Path, key: str, kind: str) -> dict | None:
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             obj = json.load(f)
-        if not isinstance(obj, dict) or obj.get("version") != CACHE_VERSION or obj.get("key") != key or obj.get("kind") != kind:
+        if isinstance(obj, dict) and obj.get("version") != CACHE_VERSION:
+            raise ValueError(f"cache format version {obj.get('version')!r}, expected {CACHE_VERSION}")
+        if not isinstance(obj, dict) or obj.get("key") != key or obj.get("kind") != kind:
             raise ValueError("unexpected content")
         missing = [k for k in REQUIRED.get(kind, ()) if k not in obj]
         if missing:

@@ -2,6 +2,9 @@
 sequence-classification model (transformers AutoModelForSequenceClassification: one label -> its logit; two
 labels -> logit[1] - logit[0]), re-rank by that score (ties: corpus order) and keep the top `top_k` for the
 filters. The positive is scored by the same model, so margins compare like with like.
+
+Only candidates that the first stage retrieved (its own `_retrieved`: BM25 score > 0, a finite dense score)
+are re-scored; the others get -inf (not retrieved), as does a NaN cross-encoder score.
 """
 
 from __future__ import annotations
@@ -123,14 +126,17 @@ class CrossEncoderMiner(HardNegativeMiner):
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
         n_cand = min(self.n_candidates, len(docs))
-        cand, _, _ = self.inner._rank(queries, docs, n_cand, np.empty((0, 2), np.int64), encoder)
+        cand, inner_scores, _ = self.inner._rank(queries, docs, n_cand, np.empty((0, 2), np.int64), encoder)
         cand = np.asarray(cand, dtype=np.int64)
+        ok = self.inner._retrieved(cand, inner_scores, len(docs))  # only what the first stage retrieved
         pos_pairs = np.asarray(pos_pairs, dtype=np.int64).reshape(-1, 2)
-        qi = np.repeat(np.arange(len(queries)), n_cand)
+        qi, ci = np.nonzero(ok)
         all_q = qi.tolist() + pos_pairs[:, 0].tolist()
-        all_d = cand.reshape(-1).tolist() + pos_pairs[:, 1].tolist()
+        all_d = cand[qi, ci].tolist() + pos_pairs[:, 1].tolist()
         s = self.scorer().score([queries[i] for i in all_q], [docs[i] for i in all_d], self.batch_size, self.show_progress)
-        ce = s[: len(qi)].reshape(len(queries), n_cand)
+        ce = np.full(cand.shape, -np.inf)
+        ce[qi, ci] = s[: len(qi)]
+        ce[np.isnan(ce)] = -np.inf  # a NaN score is no score: not retrieved, ranked last
         order = np.lexsort((cand, -ce), axis=1)[:, :depth]  # cross-encoder score desc, then corpus order
         return np.take_along_axis(cand, order, axis=1), np.take_along_axis(ce, order, axis=1), s[len(qi):]
 

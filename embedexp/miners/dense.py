@@ -133,7 +133,13 @@ class DenseMiner(HardNegativeMiner):
 
 def rank_dense(q: np.ndarray, d: np.ndarray, depth: int, pos_pairs: np.ndarray, use_faiss: bool = False,
                query_chunk: int = 1024, show_progress: bool = False):
-    """Exact top-`depth` documents by inner product for every query: (indices, scores, scores of pos_pairs)."""
+    """Exact top-`depth` documents by inner product for every query: (indices, scores, scores of pos_pairs).
+
+    q: (nq, dim) and d: (nd, dim) float32; returns indices (nq, depth) int64, scores (nq, depth) float64 (score
+    descending, ties by corpus order) and the scores of the (query, document) pairs `pos_pairs` (n, 2).
+    A NaN score (e.g. a NaN embedding) ranks last as -inf; a faiss "no result" keeps index -1 with score -inf.
+    The miner's `_retrieved` treats both as not retrieved.
+    """
     nq, nd = len(q), len(d)
     pos_pairs = np.asarray(pos_pairs, dtype=np.int64).reshape(-1, 2)
     idx = np.empty((nq, depth), dtype=np.int64)
@@ -151,6 +157,8 @@ def rank_dense(q: np.ndarray, d: np.ndarray, depth: int, pos_pairs: np.ndarray, 
             sel = (pos_pairs[:, 0] >= start) & (pos_pairs[:, 0] < stop)
             if index is not None:
                 sv, si = index.search(q[start:stop], depth)
+                # faiss' "no result" (label -1, score -FLT_MAX; e.g. NaN embeddings): not retrieved (-inf), last
+                sv = np.where(si < 0, -np.inf, sv)
                 order = np.lexsort((si, -sv), axis=1)  # score desc, then corpus order
                 idx[start:stop] = np.take_along_axis(si, order, axis=1)
                 scores[start:stop] = np.take_along_axis(sv, order, axis=1)
