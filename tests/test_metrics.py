@@ -278,7 +278,7 @@ def test_retrieve_ignores_identical_ids():
     query_ids = [doc_ids[j] for j in shared] + ["fresh"]
     q = torch.cat([q, torch.randn(1, dim, generator=g, dtype=torch.float64)])
 
-    run = retrieve(query_ids, q, doc_ids, d, k)
+    run = retrieve(query_ids, q, doc_ids, d, k, ignore_identical_ids=True)
     ref_run, sim = _brute_force_run(query_ids, q.numpy(), doc_ids, d.numpy(), k)
     for i, qid in enumerate(query_ids):
         got = [dd for dd, _ in run[qid]]
@@ -290,8 +290,8 @@ def test_retrieve_ignores_identical_ids():
     for i, j in enumerate(shared):
         assert int(np.argmax(sim[i])) == j
 
-    # with ignore_identical_ids=False it is returned first
-    run_keep = retrieve(query_ids, q, doc_ids, d, k, ignore_identical_ids=False)
+    # with ignore_identical_ids=False (the default, as in BEIR and mteb) it is returned first
+    run_keep = retrieve(query_ids, q, doc_ids, d, k)
     for qid in query_ids[:3]:
         assert run_keep[qid][0][0] == qid
         assert len(run_keep[qid]) == k

@@ -11,6 +11,7 @@ import csv
 import gzip
 import json
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -78,7 +79,11 @@ def require_dir(path: str | Path, what: str) -> Path:
 
 
 def _jsonl(path: Path, on_error: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object); empty lines are ignored; an empty file is an error."""
+    """Yield (line number, object); empty lines are ignored; an empty file is an error.
+
+    A line that is not a JSON object, or holds a string no tokenizer can take (a lone surrogate), is a
+    bad row: DataError naming file and line, or skipped and counted under on_error="skip".
+    """
     n = 0
     for lineno, line in _lines(path, on_error):
         if not line.strip():
@@ -91,10 +96,46 @@ def _jsonl(path: Path, on_error: str) -> Iterator[tuple[int, dict]]:
         if not isinstance(obj, dict):
             _fail(on_error, path, f"line {lineno}: expected a JSON object")
             continue
+        problem = _untokenizable(obj)
+        if problem:
+            _fail(on_error, path, f"line {lineno}: {problem}")
+            continue
         n += 1
         yield lineno, obj
     if n == 0 and not _PENDING.get(str(path)):
         raise DataError(f"{path}: no records (empty file)")
+
+
+def text_problem(text: str) -> str | None:
+    """Why a tokenizer cannot take `text`, or None: a lone surrogate (U+D800..U+DFFF) is the one case.
+
+    JSON may spell one as a valid escape ("\\ud800"); Python keeps it in the str, and Hugging Face
+    tokenizers then raise TypeError (the text has no UTF-8 form). Files read as UTF-8 cannot hold one.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"lone surrogate {text[e.start]!r} at character {e.start}"
+    return None
+
+
+def _untokenizable(value, where: str = "") -> str | None:
+    """The first string (key or value, at any depth) of a JSON value that a tokenizer cannot take."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return f"{where or 'value'} has a {problem}; expected valid Unicode text" if problem else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _untokenizable(k, f"key {where + '.' if where else ''}{k!r}") or _untokenizable(
+                v, f"{where}.{k}" if where else repr(k))
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _untokenizable(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _find(root: Path, names: tuple[str, ...], what: str) -> Path:
@@ -165,7 +206,12 @@ def load_qrels(
     corpus: dict | None = None,
     on_error: str = "raise",
 ) -> dict[str, dict[str, int]]:
-    """qrels/{split}.tsv -> {query_id: {doc_id: grade}}; ids are checked against queries/corpus when given."""
+    """qrels/{split}.tsv -> {query_id: {doc_id: grade}}; ids are checked against queries/corpus when given.
+
+    Rows are `query-id corpus-id score` (or TREC's `qid 0 docid score`) with an integer score; a
+    fractional score (0.9, 0.5) is a bad row (DataError naming file and line, or skipped and counted
+    with on_error="skip"), never truncated.
+    """
     _check_on_error(on_error)
     root = require_dir(root, "BEIR data")
     path = root / "qrels" / f"{split}.tsv"
@@ -185,10 +231,9 @@ def load_qrels(
             _fail(on_error, path, f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
             continue
         qid, did, score = row
-        try:
-            grade = int(float(score))
-        except (ValueError, OverflowError):
-            _fail(on_error, path, f"line {lineno}: score {score!r} is not a number")
+        grade = _grade(score)
+        if isinstance(grade, str):
+            _fail(on_error, path, f"line {lineno}: score {score!r} {grade}")
             continue
         if queries is not None and qid not in queries:
             _fail(on_error, path, f"line {lineno}: query id {qid!r} is not in queries.jsonl")
@@ -199,6 +244,25 @@ def load_qrels(
         qrels.setdefault(qid, {})[did] = grade
     _finish(path, len(qrels), "qrels rows")
     return qrels
+
+
+def _grade(score: str) -> int | str:
+    """A qrels relevance grade: an integer ("2", "-1", also "2.0"); else what is wrong with it (a str)."""
+    text = score.strip()
+    if "_" in text:  # Python would read "1_0" as 10
+        return "is not a number"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return "is not a number"
+    if math.isfinite(value) and value.is_integer():
+        return int(value)
+    return ("is not a whole number; expected an integer grade (e.g. 0, 1, 2), "
+            "not a fraction that would be truncated to another relevance")
 
 
 def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") -> list[tuple[str, str, float]]:

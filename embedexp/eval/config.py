@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from embedexp.checks import check_choice, check_dir, check_file, check_int, check_int_list, check_number
+from embedexp.checks import check_bool, check_choice, check_dir, check_file, check_int, check_int_list, check_number
 from embedexp.data.readers import ON_ERROR
 from embedexp.errors import ConfigError
 from embedexp.eval.sets import SET_TYPES
@@ -41,6 +41,7 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
         check_choice(f"{key}.on_error", spec.get("on_error", "raise"), ON_ERROR)
         if spec["type"] == "retrieval":
             check_dir(f"{key}.root", spec.get("root"), "a BEIR folder")
+            check_bool(f"{key}.ignore_identical_ids", spec.get("ignore_identical_ids", False), optional=False)
             if ks and not any(ks.values()):
                 raise ConfigError(f"eval: every metric cut-off list ({', '.join(ks)}) is empty; expected at least one k")
         else:

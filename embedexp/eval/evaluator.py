@@ -15,7 +15,7 @@ from embedexp.eval.metrics import ir_metrics, retrieve, spearman, pearson
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_sets
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: trec_eval tie order; ignore_identical_ids per set (off by default)
 
 
 class Evaluator:
@@ -91,12 +91,13 @@ class Evaluator:
         return results
 
     def _retrieval(self, encoder, s: RetrievalSet) -> dict[str, float]:
+        """IR metrics of one set: top-k by exact cosine in trec_eval's order (ties: doc id descending)."""
         q = encoder.encode(s.queries, "query", self.batch_size, self.show_progress, desc=f"{s.name}: queries")
         d = encoder.encode(s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus")
         k = max(max(v) for v in self.ks.values() if v)
         out = {}
         for dim, suffix in self._dims(q.shape[1]):
-            run = retrieve(s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k)
+            run = retrieve(s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k, ignore_identical_ids=s.ignore_identical_ids)
             out.update({f"{name}{suffix}": v for name, v in ir_metrics(run, s.qrels, **self.ks).items()})
         if self.reranker is not None:
             out.update(self.reranker.evaluate(s, q, d, self.ks))

@@ -4,7 +4,12 @@
 - Recall@k: relevant (grade > 0) documents in the top k / all relevant documents of the query.
 - MRR@k: 1 / rank of the first relevant document within the top k, else 0.
 - MAP@k: sum over relevant documents in the top k of precision at their rank, / all relevant documents.
-Queries come from the qrels; a document whose id equals the query id is never retrieved.
+
+Ranking (trec_eval's `form_res_rels.c`, `comp_sim_docno`): score descending, then document id
+descending (byte order of the id string), so tied documents are ordered the same way here, in
+pytrec_eval and in mteb, whatever their place in the corpus file; the same rule decides which tied
+documents make the top-k cut. Queries come from the qrels. A document whose id equals the query id is
+dropped only with `ignore_identical_ids=True` (a per-eval-set option, off by default as in BEIR/mteb).
 """
 
 from __future__ import annotations
@@ -17,23 +22,73 @@ import torch
 import torch.nn.functional as F
 
 
+def trec_order(ranked: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(doc_id, score) pairs in trec_eval's order: score descending, then doc id descending.
+
+    The scores are compared exactly as given (Python floats, i.e. the values pytrec_eval receives).
+    """
+    return sorted(ranked, key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
+    """rank[j] = position of doc_ids[j] when all ids are sorted descending (0 = largest id)."""
+    order = sorted(range(len(doc_ids)), key=lambda j: doc_ids[j], reverse=True)
+    rank = np.empty(len(doc_ids), dtype=np.int64)
+    rank[order] = np.arange(len(doc_ids))
+    return rank
+
+
 def top_k(
     query_emb: torch.Tensor,
     doc_emb: torch.Tensor,
     k: int,
     chunk_size: int = 1024,
+    doc_ids: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact cosine top-k: (scores, indices), each (n_queries, k), by chunked matrix products."""
+    """Exact cosine top-k by chunked matrix products (float32, as mteb scores).
+
+    Args:
+        query_emb: (n_queries, dim); doc_emb: (n_docs, dim); neither needs to be normalised.
+        k: documents per query (at most n_docs).
+        chunk_size: queries per matrix product.
+        doc_ids: when given, each row is in trec_eval's order (score descending, then doc id
+            descending) and documents tied with the k-th score are chosen by that rule too, so the
+            top-k set is the first k of trec_eval's full ranking. Without ids, ties follow torch.topk.
+
+    Returns:
+        (scores, indices), each (n_queries, k): cosine similarities and row indices into doc_emb.
+    """
     q = F.normalize(query_emb.float(), dim=-1)
     d = F.normalize(doc_emb.float(), dim=-1)
     k = min(k, d.shape[0])
+    id_rank = _descending_id_rank(doc_ids) if doc_ids is not None else None
+    if id_rank is not None and len(id_rank) != d.shape[0]:
+        raise ValueError(f"top_k: {len(id_rank)} doc_ids for {d.shape[0]} document embeddings")
     scores, idx = [], []
     for s in range(0, q.shape[0], chunk_size):
         sim = q[s : s + chunk_size] @ d.T
         v, i = sim.topk(k, dim=1)
+        if id_rank is not None and k > 0:
+            v, i = _trec_top_k(sim, v, i, id_rank)
         scores.append(v)
         idx.append(i)
     return torch.cat(scores), torch.cat(idx)
+
+
+def _trec_top_k(sim: torch.Tensor, v: torch.Tensor, i: torch.Tensor, id_rank: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-select torch.topk's (v, i) by trec_eval's rule: ties at the cut, then order within the k."""
+    k = v.shape[1]
+    v_np, i_np = v.cpu().numpy().copy(), i.cpu().numpy().copy()
+    # rows where more documents than k reach the k-th score: the tied group straddles the cut
+    crowded = torch.nonzero((sim >= v[:, -1:]).sum(dim=1) > k).flatten().tolist()
+    for r in crowded:
+        row = sim[r].cpu()
+        cand = torch.nonzero(row >= v[r, -1].cpu()).flatten().numpy()
+        cand_scores = row[cand].numpy()
+        keep = np.lexsort((id_rank[cand], -cand_scores))[:k]
+        v_np[r], i_np[r] = cand_scores[keep], cand[keep]
+    order = np.lexsort((id_rank[i_np], -v_np), axis=-1)  # score descending, then id descending
+    return torch.from_numpy(np.take_along_axis(v_np, order, 1)), torch.from_numpy(np.take_along_axis(i_np, order, 1))
 
 
 def retrieve(
@@ -42,11 +97,22 @@ def retrieve(
     doc_ids: Sequence[str],
     doc_emb: torch.Tensor,
     k: int,
-    ignore_identical_ids: bool = True,
+    ignore_identical_ids: bool = False,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Ranked (doc_id, score) lists per query, identical query/document ids removed."""
+    """Top-k (doc_id, score) lists per query, in trec_eval's order (see `top_k` with doc_ids).
+
+    Args:
+        query_emb: (n_queries, dim), row i is query_ids[i]; doc_emb: (n_docs, dim), row j is doc_ids[j].
+        k: documents per query.
+        ignore_identical_ids: drop the document whose id equals the query id (ArguAna-style sets where a
+            query is also a corpus document); off by default, as in BEIR and mteb.
+
+    Returns:
+        {query_id: [(doc_id, cosine score), ...]} with the first k of trec_eval's full ranking (after
+        the identical id is dropped, when asked).
+    """
     extra = 1 if ignore_identical_ids and set(query_ids) & set(doc_ids) else 0
-    scores, idx = top_k(query_emb, doc_emb, k + extra)
+    scores, idx = top_k(query_emb, doc_emb, k + extra, doc_ids=doc_ids)
     run: dict[str, list[tuple[str, float]]] = {}
     for qi, qid in enumerate(query_ids):
         ranked = [(doc_ids[j], float(s)) for j, s in zip(idx[qi].tolist(), scores[qi].tolist())]
@@ -54,6 +120,14 @@ def retrieve(
             ranked = [(d, s) for d, s in ranked if d != qid]
         run[qid] = ranked[:k]
     return run
+
+
+def identical_id_judgements(qrels: dict[str, dict[str, int]]) -> list[str]:
+    """Query ids whose qrels judge relevant (grade > 0) the document with the same id.
+
+    These are the judgements `ignore_identical_ids=True` throws away: the query can never score them.
+    """
+    return [qid for qid, judged in qrels.items() if judged.get(qid, 0) > 0]
 
 
 def ir_metrics(
@@ -64,14 +138,20 @@ def ir_metrics(
     mrr_at: Sequence[int] = (10,),
     map_at: Sequence[int] = (10,),
 ) -> dict[str, float]:
-    """Mean metrics over the queries in qrels (run lists must be sorted by descending score)."""
+    """Mean per-query metrics over the queries in qrels: `{"ndcg@10": value, ...}` in [0, 1].
+
+    Each run list is ranked here by trec_eval's rule (score descending, then doc id descending), so it
+    may come in any order (a reranker's, corpus order, ...). A query missing from the run counts as 0;
+    run queries absent from qrels are ignored. Reference: pytrec_eval `ndcg_cut`, `recall`,
+    `recip_rank` (cut at k), `map_cut`.
+    """
     per_query: dict[str, list[float]] = {}
 
     def add(name: str, value: float) -> None:
         per_query.setdefault(name, []).append(value)
 
     for qid, judged in qrels.items():
-        ranked = [d for d, _ in run.get(qid, [])]
+        ranked = [d for d, _ in trec_order(run.get(qid, []))]
         grades = np.array([max(judged.get(d, 0), 0) for d in ranked], dtype=np.float64)
         relevant = grades > 0
         n_rel = sum(1 for g in judged.values() if g > 0)
@@ -112,6 +192,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r of two equal-length sequences; NaN when either is constant."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     x, y = x - x.mean(), y - y.mean()
     denom = math.sqrt(float((x * x).sum() * (y * y).sum()))

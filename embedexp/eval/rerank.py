@@ -90,7 +90,7 @@ class Reranker:
 
     def evaluate(self, s: RetrievalSet, query_emb, doc_emb, ks: dict[str, list[int]]) -> dict[str, float]:
         """`rerank/<metric>` for the set (full-dim embeddings), plus `rerank/ms_per_query`."""
-        run = retrieve(s.query_ids, query_emb, s.doc_ids, doc_emb, self.top_k)
+        run = retrieve(s.query_ids, query_emb, s.doc_ids, doc_emb, self.top_k, ignore_identical_ids=s.ignore_identical_ids)
         reranked, seconds = self.rerank(run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs)))
         out = {f"rerank/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ks).items()}
         out["rerank/ms_per_query"] = 1000.0 * seconds / max(len(s.query_ids), 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +11,17 @@ from embedexp.data.readers import doc_text, load_corpus, load_qrels, load_querie
 from embedexp.errors import ConfigError
 
 SET_TYPES = ("retrieval", "sts")
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class RetrievalSet:
+    """A BEIR split in memory: queries (those with qrels), the corpus (title + " " + text) and graded qrels.
+
+    ignore_identical_ids: a document whose id equals the query id is never retrieved (ArguAna-style data
+    where every query is also a corpus document); read by our metrics and by the mteb adapter alike.
+    """
+
     name: str
     query_ids: list[str]
     queries: list[str]
@@ -21,6 +29,7 @@ class RetrievalSet:
     docs: list[str]
     qrels: dict[str, dict[str, int]]
     fingerprint: str
+    ignore_identical_ids: bool = False
 
 
 @dataclass
@@ -41,12 +50,39 @@ def _hash_files(paths: list[Path], extra: str) -> str:
     return h.hexdigest()
 
 
-def load_eval_set(name: str, spec: dict):
+def ignore_identical_ids_setting(spec: dict, key: str) -> bool:
+    """The `ignore_identical_ids` of an eval-set spec (default False); anything but a boolean is a ConfigError."""
+    value = spec.get("ignore_identical_ids", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.ignore_identical_ids={value!r}; expected true or false")
+    return value
+
+
+def warn_identical_ids(name: str, qrels: dict[str, dict[str, int]]) -> None:
+    """Warn when ignore_identical_ids drops documents the qrels judge relevant (they can never be retrieved)."""
+    from embedexp.eval.metrics import identical_id_judgements
+
+    lost = identical_id_judgements(qrels)
+    if lost:
+        log.warning("eval set %s: ignore_identical_ids=true drops %d judged-relevant document%s whose id equals "
+                    "the query id (first: query %r), so those queries cannot reach a perfect score; set "
+                    "ignore_identical_ids: false if query and document ids are unrelated", name, len(lost),
+                    "" if len(lost) == 1 else "s", lost[0])
+
+
+def load_eval_set(name: str, spec: dict, key: str | None = None):
+    """One eval set from its config spec: a RetrievalSet (`type: retrieval`, `root`, `split`,
+    `ignore_identical_ids`) or an STSSet (`type: sts`, `path`, `max_score`).
+
+    Raises ConfigError (key named as `key`, default `eval.sets.<name>`) or DataError (file and line).
+    """
+    key = key or f"eval.sets.{name}"
     kind = spec.get("type")
     on_error = spec.get("on_error", "raise")
     if kind == "retrieval":
         if not spec.get("root"):
-            raise ConfigError(f"eval.sets.{name}.root is missing; expected a BEIR folder")
+            raise ConfigError(f"{key}.root is missing; expected a BEIR folder")
+        ignore_identical = ignore_identical_ids_setting(spec, key)
         root = require_dir(spec["root"], f"eval.sets.{name}")
         split = spec.get("split", "test")
         corpus = load_corpus(root, on_error)
@@ -54,6 +90,8 @@ def load_eval_set(name: str, spec: dict):
         qrels = load_qrels(root, split, queries, corpus, on_error)
         files = sorted(p for p in root.glob("corpus.jsonl*")) + sorted(root.glob("queries.jsonl*")) + [root / "qrels" / f"{split}.tsv"]
         qids = list(qrels)
+        if ignore_identical:
+            warn_identical_ids(name, qrels)
         return RetrievalSet(
             name,
             qids,
@@ -61,11 +99,12 @@ def load_eval_set(name: str, spec: dict):
             list(corpus),
             [doc_text(d) for d in corpus.values()],
             qrels,
-            _hash_files(files, f"retrieval:{split}"),
+            _hash_files(files, f"retrieval:{split}" + (":ignore_identical_ids" if ignore_identical else "")),
+            ignore_identical,
         )
     if kind == "sts":
         if not spec.get("path"):
-            raise ConfigError(f"eval.sets.{name}.path is missing; expected an STS tsv file")
+            raise ConfigError(f"{key}.path is missing; expected an STS tsv file")
         rows = load_sts(spec["path"], float(spec.get("max_score", 5.0)), on_error)
         return STSSet(
             name,
@@ -74,8 +113,9 @@ def load_eval_set(name: str, spec: dict):
             [s for _, _, s in rows],
             _hash_files([Path(spec["path"]).expanduser()], "sts"),
         )
-    raise ConfigError(f"eval.sets.{name}.type={kind!r}; expected one of {', '.join(SET_TYPES)}")
+    raise ConfigError(f"{key}.type={kind!r}; expected one of {', '.join(SET_TYPES)}")
 
 
 def load_eval_sets(specs: dict) -> list:
+    """Every eval set of `eval.sets` (name -> spec), in config order."""
     return [load_eval_set(name, dict(spec)) for name, spec in (specs or {}).items()]
