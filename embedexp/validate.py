@@ -61,6 +61,9 @@ def validate_model(prefix: str, model: Any) -> int | None:
     if path.exists() or _looks_like_path(name):
         check_model_folder(path)
         _check_remote_code(prefix, path, model.get("trust_remote_code", False))
+        from embedexp.models.limits import check_max_seq_length, folder_limit
+
+        check_max_seq_length(f"{prefix}.max_seq_length", model.get("max_seq_length", 256), folder_limit(path))
         stated = next((model[k] for k in ("expected_dim", "dim") if model.get(k) is not None), None)
         actual = model_dim_of({"model_name_or_path": name})
         if stated is not None and actual is not None and stated != actual:

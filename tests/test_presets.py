@@ -48,8 +48,10 @@ def test_preset_composes_with_card_values(preset, isolated_cache):
 
 @pytest.mark.parametrize("preset", sorted(CARDS))
 def test_prefixes_reach_the_tokenizer(preset, tiny_model_dir, isolated_cache):
-    _, pooling, _, _, q, d, _ = CARDS[preset]
-    cfg = _compose([f"model={preset}", f"model.model_name_or_path={tiny_model_dir}", "model.expected_dim=null"])
+    _, pooling, max_len, _, q, d, _ = CARDS[preset]
+    # the stand-in BERT has 512 positions; the 4096/8192-token presets would (rightly) be refused on it
+    cfg = _compose([f"model={preset}", f"model.model_name_or_path={tiny_model_dir}", "model.expected_dim=null",
+                    f"model.max_seq_length={min(max_len, 512)}"])
     enc = instantiate(cfg.model)
     assert enc.pooling == pooling
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -68,7 +70,7 @@ def test_prefixes_reach_the_tokenizer(preset, tiny_model_dir, isolated_cache):
 def test_instruct_task_is_configurable(tiny_model_dir, isolated_cache):
     task = "Given a scientific claim, retrieve documents that support or refute the claim"
     cfg = _compose(["model=e5-mistral-7b", f"model.model_name_or_path={tiny_model_dir}", "model.expected_dim=null",
-                    f"model.task='{task}'"])
+                    "model.max_seq_length=512", f"model.task='{task}'"])
     assert cfg.model.query_prefix == f"Instruct: {task}\nQuery: "
     enc = instantiate(cfg.model)
     text = AutoTokenizer.from_pretrained(str(tiny_model_dir)).decode(enc.tokenize(["tides"], "query")["input_ids"][0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,7 +21,10 @@ from tqdm.auto import tqdm
 
 from embedexp.errors import ConfigError, ModelError
 from embedexp.models import cpu_dropout
+from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.pooling import POOLING_MODES, pool
+
+log = logging.getLogger(__name__)
 
 KINDS = ("query", "document")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -57,6 +61,17 @@ class Encoder(nn.Module):
         expected_dim: the embedding size the preset promises; a loaded model of another size is a ModelError.
         task: the retrieval instruction of instruct models (e5-mistral, gte-Qwen2); the preset puts it into
             query_prefix, it is kept here for the record only.
+
+    Raises:
+        ConfigError: unknown pooling, or max_seq_length not a positive integer or above the model's limit
+            (position table, minus RoBERTa's padding offset, or the tokenizer's model_max_length; see
+            `embedexp.models.limits`), checked before the weights load.
+        ModelError: the folder or hub name cannot be loaded, or expected_dim differs from the model.
+
+    With ``pooling="last_token"`` every text ends with the tokenizer's EOS token, the token decoder embedders
+    (e5-mistral, gte-Qwen2) were trained to summarise the text into, also where the tokenizer does not append it
+    (transformers 5 ignores ``add_eos_token: true`` in these models' tokenizer_config.json); a text longer
+    than max_seq_length keeps max_seq_length - 1 tokens plus EOS. See `ensure_eos`.
     """
 
     def __init__(
@@ -85,7 +100,10 @@ class Encoder(nn.Module):
         self.prefixes = {"query": query_prefix or "", "document": document_prefix or ""}
         self.trust_remote_code = bool(trust_remote_code)
         self.task = task
+        self._manual_eos = False  # True: the tokenizer cannot be taught to append EOS; tokenize() appends it
+        self._eos_added = False  # True: ensure_eos changed what the tokenizer makes
         self.tokenizer, self.backbone = self._load(self.model_name_or_path)
+        self.ends_with_eos = self.ensure_eos() if self.pooling == "last_token" else False
         if expected_dim is not None and int(expected_dim) != self.dim:
             raise ModelError(
                 f"model {self.model_name_or_path!r} gives {self.dim}-dim embeddings but model.expected_dim={expected_dim}; "
@@ -103,16 +121,22 @@ class Encoder(nn.Module):
     # ---------------------------------------------------------------- loading
     def _load(self, name: str):
         from safetensors import SafetensorError
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = Path(name).expanduser()
         if path.exists() or _looks_like_path(name):
             check_model_folder(path)
             name = str(path)
+            check_max_seq_length("model.max_seq_length", self.max_seq_length, folder_limit(path))
         kwargs = {"trust_remote_code": self.trust_remote_code}
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-            backbone = AutoModel.from_pretrained(name, **kwargs)
+            config = AutoConfig.from_pretrained(name, **kwargs)
+            # hub names and configs computed in code: the same rule on the loaded config, still before the weights
+            check_max_seq_length("model.max_seq_length", self.max_seq_length,
+                                 config_limit(config.to_dict(), getattr(tokenizer, "model_max_length", None),
+                                              where=f"{name}'s config"))
+            backbone = AutoModel.from_pretrained(name, config=config, **kwargs)
         except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # unreachable hub name, broken folder, shape mismatch
             text = str(e).strip()
             if "mismatch" in text.lower():
@@ -137,6 +161,45 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
+    # ---------------------------------------------------------------- EOS for last-token pooling
+    def _tokenizer_appends_eos(self) -> bool:
+        eos = self.tokenizer.eos_token_id
+        ids = self.tokenizer("a")["input_ids"]
+        return eos is not None and len(ids) > 0 and ids[-1] == eos
+
+    def ensure_eos(self) -> bool:
+        """Make every tokenised text end with the tokenizer's EOS token; True when texts end with EOS.
+
+        Last-token embedders (e5-mistral, gte-Qwen2) were trained on texts that end with EOS, and their
+        tokenizer_config.json says ``add_eos_token: true``; transformers 5 no longer honours that flag, so the
+        last token would be the text's last word. Where the tokenizer does not append EOS itself, a
+        post-processing step that appends it is added to the fast tokenizer's pipeline (so truncation keeps
+        room for it, `tokenize`, `tokenize_unpadded` and `pad` see it, and the exported tokenizer.json makes
+        sentence-transformers append it too); tokenizers without a Rust pipeline get it appended in `_tokenize`.
+        A tokenizer without an EOS token (BERT) is left as it is. Called by the constructor for
+        ``pooling="last_token"``.
+        """
+        tok = self.tokenizer
+        if tok.eos_token is None or tok.eos_token_id is None:
+            return False
+        if self._tokenizer_appends_eos():
+            return True
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None:
+            from tokenizers import processors
+
+            eos = str(tok.eos_token)
+            append = processors.TemplateProcessing(single=["$A:0", f"{eos}:0"], pair=["$A:0", "$B:1", f"{eos}:1"],
+                                                   special_tokens=[(eos, int(tok.eos_token_id))])
+            before = backend.post_processor
+            backend.post_processor = append if before is None else processors.Sequence([before, append])
+            if self._tokenizer_appends_eos():
+                self._eos_added = True
+                return True
+            backend.post_processor = before
+        self._manual_eos = self._eos_added = True
+        return True
+
     # ---------------------------------------------------------------- tokenise / forward
     def add_prefix(self, texts: Iterable[str], kind: str) -> list[str]:
         if kind not in KINDS:
@@ -144,8 +207,27 @@ class Encoder(nn.Module):
         prefix = self.prefixes[kind]
         return [prefix + t for t in texts]
 
+    def _tokenize(self, texts: list[str]) -> dict[str, list[list[int]]]:
+        """Tokenise + truncate to max_seq_length, unpadded; appends EOS where `ensure_eos` could not teach the tokenizer."""
+        if not self._manual_eos:
+            return dict(self.tokenizer(texts, padding=False, truncation=True, max_length=self.max_seq_length))
+        keep = self.max_seq_length - 1  # room for EOS
+        enc = dict(self.tokenizer(texts, padding=False, truncation=True, max_length=max(keep, 1)))
+        eos = int(self.tokenizer.eos_token_id)
+        out: dict[str, list[list[int]]] = {}
+        for key, rows in enc.items():
+            fill = {"input_ids": eos, "attention_mask": 1}.get(key)
+            out[key] = [list(r[:keep]) + [fill if fill is not None else (r[-1] if len(r) else 0)] for r in rows]
+        return out
+
     def tokenize(self, texts: Sequence[str], kind: str) -> dict[str, torch.Tensor]:
-        """Prefix + tokenise, padded to the longest text in the batch (dynamic padding)."""
+        """Prefix + tokenise, padded to the longest text in the batch (dynamic padding).
+
+        Returns tensors (batch, seq) on CPU: input_ids, attention_mask (and token_type_ids where the tokenizer
+        makes them), each text truncated to max_seq_length tokens (last-token pooling: ending with EOS).
+        """
+        if self._manual_eos:
+            return self.pad(self._tokenize(self.add_prefix(texts, kind)))
         return dict(
             self.tokenizer(
                 self.add_prefix(texts, kind),
@@ -190,13 +272,12 @@ class Encoder(nn.Module):
         from embedexp.config import parallel_tokenizing_allowed
 
         prefixed = self.add_prefix(texts, kind)
-        kwargs = dict(padding=False, truncation=True, max_length=self.max_seq_length)
         if not parallel_tokenizing_allowed():
-            return dict(self.tokenizer(prefixed, **kwargs))
+            return self._tokenize(prefixed)
         previous = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "true"  # read by the Rust tokenizer at each call
         try:
-            return dict(self.tokenizer(prefixed, **kwargs))
+            return self._tokenize(prefixed)
         finally:
             if previous is None:
                 del os.environ["TOKENIZERS_PARALLELISM"]
@@ -249,6 +330,8 @@ class Encoder(nn.Module):
         """Hash of weights + everything that changes embeddings; keys caches of base-model results."""
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps(self.settings(), sort_keys=True).encode())
+        if self._eos_added:  # these texts now end with EOS: not the embeddings that older runs cached
+            h.update(b"eos_appended")
         for k, v in sorted(self.backbone.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -267,8 +350,17 @@ class Encoder(nn.Module):
     def save(self, path: str | Path) -> Path:
         """Write a sentence-transformers folder (classic module layout, loads in ST 2.x-6.x).
 
-        Written to a temporary sibling and renamed, so a crash never leaves a half model.
+        Written to a temporary sibling and renamed, so a crash never leaves a half model. The folder's
+        ``similarity_fn_name`` is "cosine" whether or not the embeddings are normalised: embedexp's evaluator
+        (`embedexp.eval.metrics.top_k`, the STS cosine, the mteb wrapper) always scores by cosine, as do the
+        default losses, so ``SentenceTransformer(path).similarity`` and sentence-transformers' evaluators give
+        embedexp's numbers (tests/test_export_and_decoders.py).
+        For last-token pooling the saved tokenizer appends EOS (`ensure_eos`), as in training.
         """
+        if self._manual_eos:
+            log.warning("model %s: the tokenizer has no Rust pipeline to append EOS; the exported folder's "
+                        "tokenizer will not append it, so sentence-transformers embeds texts without it",
+                        self.model_name_or_path)
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -303,7 +395,7 @@ class Encoder(nn.Module):
             {
                 "prompts": dict(self.prefixes),
                 "default_prompt_name": None,
-                "similarity_fn_name": "cosine" if self.normalize else "dot",
+                "similarity_fn_name": "cosine",  # what embedexp evaluates (and trains) with, normalised or not
                 "embedexp": self.settings(),
             },
         )

