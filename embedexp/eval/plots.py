@@ -4,6 +4,10 @@
   `eval.dims`) as a % of its full-dim score, as a markdown table appended to results.md and a line
   plot `matryoshka.png` (score vs dim, base and fine-tuned).
 - `base_vs_tuned.png`: a bar chart of every full-dim score, base beside fine-tuned.
+- `deltas.png` (when per-unit statistics exist): each metric's change with its confidence interval around a
+  zero line, coloured by verdict, so one glance says better / worse / unclear.
+- `per_query.png`: per-query base vs fine-tuned values of each retrieval set's first tested metric (points
+  above the diagonal improved), and per-pair similarities of STS sets coloured by the gold score.
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend switch, no display).
 A failure here is logged and never fails the run.
@@ -147,10 +151,87 @@ def plot_base_vs_tuned(rows: dict[str, dict], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def write_plots(out_dir: str | Path, rows: dict[str, dict]) -> list[Path]:
+VERDICT_COLOURS = {"better": "#2a9d4b", "worse": "#d1342f", "no significant difference": "#8a8a8a"}
+
+
+def plot_deltas(rows: dict[str, dict], path: Path) -> Path | None:
+    """Change (tuned - base) of every tested metric with its CI, a zero line, colour by verdict; None if no stats."""
+    names = [n for n, r in rows.items() if "verdict" in r and not DIM_KEY.match(n)]
+    if not names:
+        return None
+    fig = _figure(8, 1.2 + 0.42 * len(names))
+    ax = fig.add_subplot(1, 1, 1)
+    for y, n in enumerate(names):
+        r = rows[n]
+        colour = VERDICT_COLOURS.get(r["verdict"], "black")
+        ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["ci_low"]], [r["ci_high"] - r["delta"]]], fmt="o",
+                    color=colour, ecolor=colour, capsize=4, markersize=6)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([f"{n}  (Holm p={rows[n]['p_holm']:.3g})" for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("fine-tuned - base (95% paired bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [ax.plot([], [], "o", color=c, label=v)[0] for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=3, frameon=False)
+    ax.set_title("change vs base: right of the line is better; a bar across it is no significant difference", fontsize=9)
+    return _save(fig, path)
+
+
+def _first_tested(rows: dict[str, dict], units: dict) -> list[str]:
+    seen, names = set(), []
+    for n, r in rows.items():
+        ds = n.split("/")[0]
+        if "verdict" in r and ds not in seen and n in (units.get("base") or {}) and n in (units.get("tuned") or {}):
+            seen.add(ds)
+            names.append(n)
+    return names
+
+
+def plot_per_query(rows: dict[str, dict], units: dict | None, path: Path) -> Path | None:
+    """One panel per eval set: base vs fine-tuned per query (retrieval) or per pair (STS); None without units."""
+    if not units:
+        return None
+    names = _first_tested(rows, units)
+    if not names:
+        return None
+    import numpy as np
+
+    fig = _figure(4.4 * len(names), 4.4)
+    for i, n in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        b, t = units["base"][n], units["tuned"][n]
+        at, b_at = {u: j for j, u in enumerate(t["ids"])}, {u: j for j, u in enumerate(b["ids"])}
+        ids = [u for u in b["ids"] if u in at]
+        key = "scores" if "scores" in b else "values"
+        x = np.array([b[key][b_at[u]] for u in ids])
+        y = np.array([t[key][at[u]] for u in ids])
+        if key == "scores":
+            gold = np.array([b["gold"][b_at[u]] for u in ids])
+            sc = ax.scatter(x, y, c=gold, cmap="viridis", s=8, alpha=0.7)
+            fig.colorbar(sc, ax=ax, label="gold score")
+            ax.set_xlabel("base similarity")
+            ax.set_ylabel("fine-tuned similarity")
+        else:
+            jitter = np.random.default_rng(0).uniform(-0.01, 0.01, (2, len(ids)))
+            colours = np.where(y > x + 1e-12, VERDICT_COLOURS["better"], np.where(y < x - 1e-12, VERDICT_COLOURS["worse"], "#8a8a8a"))
+            ax.scatter(x + jitter[0], y + jitter[1], c=colours, s=10, alpha=0.6)
+            ax.set_xlabel(f"base {n.split('/', 1)[1]}")
+            ax.set_ylabel(f"fine-tuned {n.split('/', 1)[1]}")
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+        r = rows[n]
+        counts = (f"{r['wins']} pairs nearer the gold rank / {r['losses']} further" if key == "scores"
+                  else f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied")
+        ax.set_title(f"{n}\n{counts}", fontsize=9)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_plots(out_dir: str | Path, rows: dict[str, dict], units: dict | None = None) -> list[Path]:
     """Append the retention table to results.md (when dims were evaluated) and write the PNGs; returns them.
 
-    Called by report.write_results after results.md and before results.json; never raises.
+    Called by results.write_results after results.md and before results.json; never raises.
     """
     out_dir = Path(out_dir)
     written: list[Path] = []
@@ -161,6 +242,8 @@ def write_plots(out_dir: str | Path, rows: dict[str, dict]) -> list[Path]:
         table = {}
     images = []
     for name, draw in (("matryoshka.png", (lambda p: plot_matryoshka(table, p)) if table else None),
+                       ("deltas.png", lambda p: plot_deltas(rows, p)),
+                       ("per_query.png", lambda p: plot_per_query(rows, units, p)),
                        ("base_vs_tuned.png", lambda p: plot_base_vs_tuned(rows, p))):
         if draw is None:
             continue

@@ -1,0 +1,71 @@
+"""results.md / results.json / per_query.jsonl / PNGs carry the paired evidence computed from per-unit values."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from embedexp.eval.results import compare, write_results
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _units(seed=0, n=60, shift=0.1):
+    rng = np.random.default_rng(seed)
+    ids = [f"q{i}" for i in range(n)]
+    b = rng.uniform(0, 1, n)
+    t = np.clip(b + rng.normal(shift, 0.1, n), 0, 1)
+    gold = rng.uniform(0, 5, 80)
+    bs, ts = gold + rng.normal(0, 0.5, 80), gold + rng.normal(0, 3, 80)
+    pids = [f"p{i}" for i in range(80)]
+    units = {
+        "base": {"ret/ndcg@10": {"ids": ids, "values": b.tolist()},
+                 "sts/spearman": {"ids": pids, "scores": bs.tolist(), "gold": gold.tolist(), "method": "spearman"}},
+        "tuned": {"ret/ndcg@10": {"ids": ids[::-1], "values": t[::-1].tolist()},  # other order: paired by id
+                  "sts/spearman": {"ids": pids, "scores": ts.tolist(), "gold": gold.tolist(), "method": "spearman"}},
+    }
+    base = {"ret/ndcg@10": b.mean(), "ret/recall@100": 0.5, "sts/spearman": sps.spearmanr(bs, gold).statistic}
+    tuned = {"ret/ndcg@10": t.mean(), "ret/recall@100": 0.6, "sts/spearman": sps.spearmanr(ts, gold).statistic}
+    return base, tuned, units, (b, t)
+
+
+def test_rows_get_statistics_paired_by_id():
+    base, tuned, units, (b, t) = _units()
+    rows = compare(base, tuned, units, {"n_resamples": 2000})
+    r = rows["ret/ndcg@10"]
+    assert r["delta"] == pytest.approx(np.mean(t - b))
+    assert r["ci_low"] < r["delta"] < r["ci_high"] and r["ci_low"] > 0
+    assert r["wins"] + r["losses"] + r["ties"] == 60 and r["wins"] == int((t > b).sum())
+    assert r["verdict"] == "better"
+    assert rows["sts/spearman"]["verdict"] == "worse"
+    assert "verdict" not in rows["ret/recall@100"]  # no per-query values: point estimate only
+    ps = sorted(r["p"] for r in rows.values() if "p" in r)  # Holm over the 2 tested rows: smallest p x 2
+    assert min(r["p_holm"] for r in rows.values() if "p" in r) == pytest.approx(min(1.0, 2 * ps[0]))
+
+
+def test_written_files(tmp_path):
+    base, tuned, units, _ = _units()
+    texts = {"ret": {f"q{i}": f"question number {i}" for i in range(60)}}
+    rows = write_results(tmp_path, base, tuned, {"title": "t"}, units, texts, {"n_resamples": 2000})
+    md = (tmp_path / "results.md").read_text()
+    assert "| metric | base | fine-tuned | delta | 95% CI | p (Holm) | W/L/T | verdict |" in md
+    assert "## Verdict" in md and "**ret/ndcg@10**: better" in md
+    assert "### ret/ndcg@10: largest losses" in md and "question number" in md
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"]["ret/ndcg@10"]["ci_low"] == rows["ret/ndcg@10"]["ci_low"]
+    assert saved["statistics"]["n_resamples"] == 2000
+    records = [json.loads(line) for line in (tmp_path / "per_query.jsonl").read_text().splitlines()]
+    q0 = next(r for r in records if r["set"] == "ret" and r["id"] == "q0")
+    assert q0["base"]["ndcg@10"] == units["base"]["ret/ndcg@10"]["values"][0]
+    assert q0["tuned"]["ndcg@10"] == units["tuned"]["ret/ndcg@10"]["values"][-1] and q0["text"] == "question number 0"
+    assert len([r for r in records if r["set"] == "sts"]) == 80
+    for name in ("deltas.png", "per_query.png", "base_vs_tuned.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG, name
+
+
+def test_no_units_no_statistics(tmp_path):
+    base, tuned, _, _ = _units()
+    write_results(tmp_path, base, tuned, {"title": "t"})
+    assert not (tmp_path / "per_query.jsonl").exists() and not (tmp_path / "deltas.png").exists()
+    assert "p (Holm)" not in (tmp_path / "results.md").read_text()
