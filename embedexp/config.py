@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def config_dir() -> str:
@@ -50,54 +50,10 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
 
-def set_offline_defaults() -> None:
-    """No model hub is reachable in many of our environments; without these a hub name retries ~70 s."""
-    if os.environ.get("EMBEDEXP_ONLINE", "0") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    global _TOKENIZERS_PARALLELISM_DEFAULTED
-    if "TOKENIZERS_PARALLELISM" not in os.environ:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork: no warnings, no deadlocks
-        _TOKENIZERS_PARALLELISM_DEFAULTED = True
-
-
-_TOKENIZERS_PARALLELISM_DEFAULTED = False
-
-
-def parallel_tokenizing_allowed() -> bool:
-    """Whether a bulk tokenisation in this process may use the tokenizers library's thread pool.
-
-    Only while the variable is unset or our own "false" default (a user's explicit "false" is obeyed) and not
-    inside a DataLoader worker (a forked child must not start the pool).
-    """
-    value = os.environ.get("TOKENIZERS_PARALLELISM")
-    if value is not None and value.lower() in ("false", "0", "off", "no") and not _TOKENIZERS_PARALLELISM_DEFAULTED:
-        return False
-    try:
-        from torch.utils.data import get_worker_info
-
-        return get_worker_info() is None
-    except ImportError:  # pragma: no cover
-        return True
-
-
-def process_defaults() -> None:
-    """What every command-line entry point sets up before heavy imports: offline hub, allocator tuning."""
-    from embedexp.runtime import tune_cpu_allocator
-
-    set_offline_defaults()
-    tune_cpu_allocator()
-
-
-def quiet_third_party() -> None:
-    """One log stream (hydra's): drop lightning's own handlers and transformers' per-file progress bars."""
-    import logging
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+def container(cfg: DictConfig | dict | None) -> dict:
+    """A resolved plain dict of a config node (an empty dict for None)."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)

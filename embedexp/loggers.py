@@ -78,14 +78,14 @@ def choose_mode(mode: str = "auto", timeout_s: float = 2.0) -> tuple[str, str]:
 
 
 def _secrets() -> list[str]:
-    from embedexp.run_utils import secret_values
+    from embedexp.secrets import secret_values
 
     return sorted({*secret_values(), find_api_key() or ""} - {""}, key=len, reverse=True)
 
 
 def _scrub_override(override: str, secrets: list[str]) -> str:
     """`+db.password=x` -> `+db.password=***`; secret values anywhere -> ***."""
-    from embedexp.run_utils import REDACTED, SECRET_KEY
+    from embedexp.secrets import REDACTED, SECRET_KEY
 
     key, sep, _ = override.partition("=")
     if sep and SECRET_KEY.match(key.lstrip("+~").rsplit(".", 1)[-1]):
@@ -146,7 +146,7 @@ def log_results(loggers: Iterable[Any], rows: dict[str, dict[str, float | None]]
     exported model as an artifact; then end the run (a sweep in one process starts a new run per job)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from embedexp.run_utils import scrub_secrets
+    from embedexp.secrets import scrub_secrets
 
     for logger in loggers:
         if not isinstance(logger, WandbLogger):

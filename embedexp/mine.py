@@ -11,7 +11,8 @@ import logging
 import os
 from pathlib import Path
 
-from embedexp.config import config_dir, process_defaults, quiet_third_party, register_resolvers
+from embedexp.config import config_dir, register_resolvers
+from embedexp.runtime import process_defaults, quiet_third_party
 
 process_defaults()
 register_resolvers()
@@ -19,7 +20,13 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from embedexp.run_utils import atomic_write, container, one_line_errors, scrub_files, scrub_secrets  # noqa: E402
+from embedexp.io import atomic_write  # noqa: E402
+
+from embedexp.config import container  # noqa: E402
+
+from embedexp.cli import one_line_errors  # noqa: E402
+
+from embedexp.secrets import scrub_files, scrub_secrets  # noqa: E402
 from embedexp.cli import cli_entry  # noqa: E402
 from embedexp.validate import validate_config  # noqa: E402
 

@@ -1,4 +1,6 @@
-"""Process-wide CPU settings that make training and encoding faster; applied by the command-line entry points.
+"""Process-wide settings applied by the command-line entry points: offline hub, tokenizer threads, allocator, quiet logs.
+
+The CPU allocator part:
 
 glibc's malloc serves every block above a (dynamic, at most 32 MiB) threshold with a fresh mmap and unmaps it on
 free, and gives the top of the heap back to the kernel once more than 128 KiB of it is free. A transformer step
@@ -52,3 +54,54 @@ def tune_cpu_allocator() -> bool:
 def allocator_tuned() -> bool:
     """Whether `tune_cpu_allocator` has put its settings in effect in this process."""
     return bool(_applied)
+
+
+def set_offline_defaults() -> None:
+    """No model hub is reachable in many of our environments; without these a hub name retries ~70 s."""
+    if os.environ.get("EMBEDEXP_ONLINE", "0") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    global _TOKENIZERS_PARALLELISM_DEFAULTED
+    if "TOKENIZERS_PARALLELISM" not in os.environ:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # DataLoader workers fork: no warnings, no deadlocks
+        _TOKENIZERS_PARALLELISM_DEFAULTED = True
+
+
+_TOKENIZERS_PARALLELISM_DEFAULTED = False
+
+
+def parallel_tokenizing_allowed() -> bool:
+    """Whether a bulk tokenisation in this process may use the tokenizers library's thread pool.
+
+    Only while the variable is unset or our own "false" default (a user's explicit "false" is obeyed) and not
+    inside a DataLoader worker (a forked child must not start the pool).
+    """
+    value = os.environ.get("TOKENIZERS_PARALLELISM")
+    if value is not None and value.lower() in ("false", "0", "off", "no") and not _TOKENIZERS_PARALLELISM_DEFAULTED:
+        return False
+    try:
+        from torch.utils.data import get_worker_info
+
+        return get_worker_info() is None
+    except ImportError:  # pragma: no cover
+        return True
+
+
+def process_defaults() -> None:
+    """What every command-line entry point sets up before heavy imports: offline hub, allocator tuning."""
+    set_offline_defaults()
+    tune_cpu_allocator()
+
+
+def quiet_third_party() -> None:
+    """One log stream (hydra's): drop lightning's own handlers and transformers' per-file progress bars."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass

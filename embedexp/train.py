@@ -8,7 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
-from embedexp.config import config_dir, process_defaults, quiet_third_party, register_resolvers
+from embedexp.config import config_dir, register_resolvers
+from embedexp.runtime import process_defaults, quiet_third_party
 
 process_defaults()
 register_resolvers()
@@ -16,11 +17,12 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from embedexp.run_utils import (  # noqa: E402
-    check_loss_fits_data, container, hydra_job_command, launches_script_children, one_line_errors, scrub_files, scrub_secrets,
-    split_trainer_cfg)
-from embedexp.cli import cli_entry  # noqa: E402
-from embedexp.trainer.config import check_batches  # noqa: E402
+from embedexp.cli import cli_entry, one_line_errors  # noqa: E402
+from embedexp.config import container  # noqa: E402
+from embedexp.launch import hydra_job_command, launches_script_children  # noqa: E402
+from embedexp.losses.config import check_loss_fits_data  # noqa: E402
+from embedexp.secrets import scrub_files, scrub_secrets  # noqa: E402
+from embedexp.trainer.config import check_batches, split_trainer_cfg  # noqa: E402
 from embedexp.validate import validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.train")

@@ -201,7 +201,7 @@ def train_embedexp(job: dict) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.data.train_sets import TrainSet
-    from embedexp.run_utils import split_trainer_cfg
+    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
 
     rows = json.loads(Path(job["pairs"]).read_text())
@@ -340,7 +340,7 @@ def eval_embedexp(job: dict) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.eval import Evaluator
-    from embedexp.run_utils import container
+    from embedexp.config import container
 
     cfg = _compose(["model=minilm", "data=demo"] + _eval_settings(job))
     data = scifact_test(job["data_root"], job["eval_docs"])
@@ -421,7 +421,8 @@ def quality(job: dict) -> dict:
 
     from embedexp.data.train_sets import TrainSet
     from embedexp.eval import Evaluator
-    from embedexp.run_utils import container, split_trainer_cfg
+    from embedexp.config import container
+    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
 
     rows = json.loads(Path(job["pairs"]).read_text())

@@ -14,7 +14,7 @@ from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError, ModelError
 from embedexp.models import Encoder
 from embedexp.models.api import APIEncoder, check_trainable
-from embedexp.run_utils import find_user_error
+from embedexp.cli import find_user_error
 
 KEY = "sk-test-NEVER-PRINT-ME-123"
 TEXTS = [f"sentence number {i} about {w}" for i, w in enumerate(["tides", "bread", "orbits", "cats", "rain", "jazz", "salt"])]

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from conftest import DEMO, write_beir
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError
-from embedexp.run_utils import one_line_errors
+from embedexp.cli import one_line_errors
 from embedexp.cli import check_overrides
 
 CORPUS = {"d1": ("Bread", "Knead the dough."), "d2": ("Stars", "A star is a ball of plasma.")}

@@ -113,7 +113,7 @@ def test_bf16_fit_with_clipping_runs_through_lightning(tmp_path, isolated_cache,
     """Lightning refuses to clip gradients for optimisers that unscale in step() (fused AdamW) unless told otherwise."""
     from hydra.utils import instantiate
 
-    from embedexp.run_utils import split_trainer_cfg
+    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
 
     cfg = _cfg("experiment=demo_tiny", "trainer=cpu_bf16", "trainer.max_steps=2", "trainer.enable_progress_bar=false",

@@ -18,7 +18,7 @@ from embedexp.errors import ConfigError
 from embedexp.models import Encoder
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.tiny import build_tiny_decoder
-from embedexp.run_utils import one_line_errors
+from embedexp.cli import one_line_errors
 
 PREFIX = "embedexp: error: "
 TEXTS = ["what causes tides", "the moon's gravity pulls the oceans.", "a b", "knead the dough, then let it rest!"]

@@ -562,7 +562,7 @@ def test_miner_presets_instantiate(option, isolated_cache):
     from hydra.utils import instantiate
 
     from embedexp.config import config_dir, register_resolvers
-    from embedexp.run_utils import find_user_error
+    from embedexp.cli import find_user_error
 
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

@@ -88,7 +88,7 @@ def test_job_command_reruns_exactly_one_job(tmp_path):
     """The command that re-runs one job: RUN mode, the job's overrides, the job's folder; reference: Hydra's own
     composition (`--cfg all`) of that command compared with the job's saved values."""
     from embedexp.config import config_dir
-    from embedexp.run_utils import hydra_job_command
+    from embedexp.launch import hydra_job_command
 
     job_dir = tmp_path / "sweep dir" / "1"
     hydra_cfg = OmegaConf.create({
@@ -129,7 +129,7 @@ def test_launches_script_children_asks_lightning(trainer, expected, monkeypatch)
     launcher (LOCAL_RANK set, as torchrun does) starts the ranks itself."""
     import torch
 
-    from embedexp.run_utils import launches_script_children
+    from embedexp.launch import launches_script_children
 
     before = torch.are_deterministic_algorithms_enabled()
     assert launches_script_children({**trainer, "deterministic": not before}) is expected

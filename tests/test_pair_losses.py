@@ -560,7 +560,7 @@ def test_config_has_a_comment_naming_what_the_loss_needs(name):
 
 def test_columns_fit_the_data_presets():
     """The required columns are the ones the data readers produce (pairs with a negative / sts)."""
-    from embedexp.run_utils import check_loss_fits_data
+    from embedexp.losses.config import check_loss_fits_data
 
     check_loss_fits_data(TripletLoss(), ("anchor", "positive", "negative_1"), False, "pairs")
     check_loss_fits_data(TripletLoss(), ("anchor", "positive", "negative_1", "negative_2"), False, "pairs")

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ModelError
-from embedexp.run_utils import find_user_error
+from embedexp.cli import find_user_error
 
 BGE_Q = "Represent this sentence for searching relevant passages: "
 WEB_TASK = "Given a web search query, retrieve relevant passages that answer the query"

@@ -19,7 +19,9 @@ from conftest import DEMO, REPO
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import NumericalError
 from embedexp.losses import InfoNCELoss
-from embedexp.run_utils import atomic_write, one_line_errors, scrub_secrets
+from embedexp.io import atomic_write
+from embedexp.cli import one_line_errors
+from embedexp.secrets import scrub_secrets
 
 FAST = ["logger=none", "trainer.enable_progress_bar=false"]
 
@@ -151,7 +153,7 @@ def test_same_seed_same_metrics_and_weights_other_seed_differs(tmp_path):
 # ================================================================ atomic writes
 WRITER = """
 import sys, time
-from embedexp.run_utils import atomic_write
+from embedexp.io import atomic_write
 
 def slow(f):
     f.write("new " * 250_000)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import embedexp.config as config
+import embedexp.runtime as config
 from embedexp.models import Encoder
 
 TEXTS = ["a", "hello world, this is a longer text " * 5, "", "x y z", "medium text here", "é ü ß"] * 3

@@ -49,7 +49,7 @@ def test_base_column_is_the_base_model_and_tuned_column_the_export(tiny_run):
 
     from embedexp.eval import Evaluator
     from embedexp.models import Encoder
-    from embedexp.run_utils import container
+    from embedexp.config import container
 
     out, cfg = tiny_run
     metrics = json.loads((out / "results.json").read_text())["metrics"]
@@ -78,7 +78,7 @@ def test_base_evaluation_is_cached(tiny_run, monkeypatch):
     from hydra.utils import instantiate
 
     from embedexp.eval import Evaluator
-    from embedexp.run_utils import container
+    from embedexp.config import container
 
     out, cfg = tiny_run
     metrics = json.loads((out / "results.json").read_text())["metrics"]

@@ -199,7 +199,7 @@ class Index:
                 raise ConfigError(f"index {self.path}: the manifest does not say how to rebuild its model; pass encoder=")
             from hydra.utils import instantiate
 
-            from embedexp.run_utils import find_user_error
+            from embedexp.cli import find_user_error
 
             try:
                 encoder = instantiate(spec)

@@ -14,7 +14,7 @@ import os  # noqa: F401  (tests patch cache.os.replace to simulate a crash insid
 from pathlib import Path
 from typing import Any, Iterable
 
-from embedexp.run_utils import atomic_write
+from embedexp.io import atomic_write
 
 log = logging.getLogger("embedexp.miners")
 

@@ -269,7 +269,7 @@ class Encoder(nn.Module):
 
     def tokenize_unpadded(self, texts: Sequence[str], kind: str) -> dict[str, list[list[int]]]:
         """Prefix + tokenise + truncate, without padding (one bulk call; the tokenizer's threads when allowed)."""
-        from embedexp.config import parallel_tokenizing_allowed
+        from embedexp.runtime import parallel_tokenizing_allowed
 
         prefixed = self.add_prefix(texts, kind)
         if not parallel_tokenizing_allowed():

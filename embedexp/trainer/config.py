@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from embedexp.checks import check_choice, check_int, check_number, is_int, select
 from embedexp.errors import ConfigError
 
+OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio", "grad_cache", "skip_bad_batches")  # ours, not lightning.Trainer's
 PRECISIONS = ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", "16", "32", "64", "bf16",
               "transformer-engine", "transformer-engine-float16", 16, 32, 64)
 
@@ -78,3 +83,33 @@ def check_batches(cfg: Any, n_rows: int) -> None:
             f"data.batch_size={batch} x {world} device(s) = {batch * world} rows per step, but the training data has "
             f"{n_rows} rows and data.drop_last=true: no step would run; expected a smaller batch or drop_last=false"
         )
+
+
+def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
+    """trainer group -> (optimiser kwargs, lightning.Trainer kwargs).
+
+    The values are checked by `check_trainer_config`; a key that is neither ours (OPTIM_KEYS) nor a
+    `lightning.Trainer` argument fails with the closest Trainer argument. With GradCache (manual optimisation)
+    clipping and accumulation move to the optimiser side: the module does them itself.
+    Raises:
+        ConfigError: naming the key.
+    """
+    import lightning as L
+
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+    check_trainer_config("trainer", raw, None)
+    optim = {k: raw.pop(k) for k in OPTIM_KEYS if k in raw}
+    raw.pop("name", None)
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in raw:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" (did you mean trainer.{close[0]}?)" if close else ""
+            raise ConfigError(f"trainer.{key} is not a lightning.Trainer argument{hint}")
+    gc = optim.get("grad_cache")
+    if gc and gc.get("chunk_size") is not None:
+        optim["gradient_clip_val"] = raw.pop("gradient_clip_val", None)
+        optim["accumulate_grad_batches"] = raw.pop("accumulate_grad_batches", 1)
+    else:
+        optim.pop("grad_cache", None)
+    return optim, raw
