@@ -38,12 +38,14 @@ def evaluate(cfg: DictConfig) -> dict:
     scrub_files(out_dir, cfg)
     evaluator = Evaluator(**container(cfg.eval))
     base = evaluator.evaluate(instantiate(cfg.model), use_cache=True)
+    units = {"base": evaluator.last_units, "tuned": {}}
     tuned: dict[str, float] = {}
     if cfg.get("tuned"):
         tuned_path = Path(cfg.tuned).expanduser()
         if not (tuned_path / "modules.json").is_file():
             raise ModelError(f"tuned={tuned_path}: not an exported model folder (no modules.json)")
         tuned = evaluator.evaluate(Encoder.from_exported(tuned_path))
+        units["tuned"] = evaluator.last_units
     meta = {
         "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}"
         + (": base vs fine-tuned" if tuned else ""),
@@ -51,7 +53,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "tuned_model": str(cfg.tuned) if tuned else None,
         "config": scrub_secrets(container(cfg)),
     }
-    rows = write_results(out_dir, base, tuned, meta)
+    rows = write_results(out_dir, base, tuned, meta, units, evaluator.texts(), evaluator.stats)
     print("\n" + markdown_table(rows))
     print(f"results: {out_dir / 'results.json'}")
     return rows

@@ -132,7 +132,8 @@ def test_rerank_settings_and_cache_key(encoder, cross_encoder_dir, tmp_path):
     a = _evaluator({"model": str(cross_encoder_dir), "top_k": 10}, cache_dir=str(tmp_path))
     b = _evaluator({"model": str(cross_encoder_dir), "top_k": 20}, cache_dir=str(tmp_path))
     off = _evaluator({"model": None}, cache_dir=str(tmp_path))
-    assert len({a._key(encoder), b._key(encoder), off._key(encoder)}) == 3
+    fp = encoder.fingerprint()
+    assert len({a._key(fp, "demo"), b._key(fp, "demo"), off._key(fp, "demo")}) == 3
     with pytest.raises(ConfigError, match=r"eval\.rerank\.model='.*nowhere': the folder does not exist"):
         _evaluator({"model": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match=r"eval\.rerank\.top_k=0; expected a positive integer"):

@@ -69,3 +69,37 @@ def test_no_units_no_statistics(tmp_path):
     write_results(tmp_path, base, tuned, {"title": "t"})
     assert not (tmp_path / "per_query.jsonl").exists() and not (tmp_path / "deltas.png").exists()
     assert "p (Holm)" not in (tmp_path / "results.md").read_text()
+
+
+def test_evaluator_units_equal_pytrec_eval_per_query_and_cache_per_set(tmp_path, tiny_model_dir, monkeypatch):
+    import pytrec_eval
+
+    from conftest import DEMO
+    from embedexp.eval import Evaluator
+    from embedexp.eval.metrics import retrieve
+    from embedexp.models import Encoder
+
+    enc = Encoder(str(tiny_model_dir))
+    ret = {"demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"}}
+    sts = {"demo_sts": {"type": "sts", "path": str(DEMO / "sts.tsv")}}
+    ev = Evaluator(ret, cache_dir=str(tmp_path), show_progress=False)
+    metrics = ev.evaluate(enc, use_cache=True)
+    units = ev.last_units["demo_test/ndcg@10"]
+    assert np.mean(units["values"]) == pytest.approx(metrics["demo_test/ndcg@10"])
+    s = ev.sets[0]
+    q = enc.encode(s.queries, "query", show_progress=False)
+    d = enc.encode(s.docs, "document", show_progress=False)
+    run = retrieve(s.query_ids, q, s.doc_ids, d, 100)
+    ref = pytrec_eval.RelevanceEvaluator(s.qrels, {"ndcg_cut.10"}).evaluate({k: dict(v) for k, v in run.items()})
+    assert units["values"] == pytest.approx([ref[qid]["ndcg_cut_10"] for qid in units["ids"]], abs=1e-9)
+
+    # adding a set re-encodes only that set; the first comes from its own cache entry with its per-query values
+    both = Evaluator({**ret, **sts}, cache_dir=str(tmp_path), show_progress=False)
+    encoded = []
+    real = Encoder.encode
+    monkeypatch.setattr(Encoder, "encode", lambda self, texts, *a, **k: encoded.append(k.get("desc") or a) or real(self, texts, *a, **k))
+    again = both.evaluate(enc, use_cache=True)
+    assert all("demo_sts" in str(e) for e in encoded) and len(encoded) == 2
+    assert again["demo_test/ndcg@10"] == metrics["demo_test/ndcg@10"]
+    assert both.last_units["demo_test/ndcg@10"] == units
+    assert both.last_units["demo_sts/spearman"]["gold"] == [float(x) for x in both.sets[1].scores]

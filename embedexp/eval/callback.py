@@ -19,16 +19,19 @@ class EvaluationCallback(L.Callback):
         self.evaluate_base = evaluate_base
         self.base: dict[str, float] = {}
         self.tuned: dict[str, float] = {}
+        self.units: dict[str, dict] = {"base": {}, "tuned": {}}  # per-query / per-pair values (Evaluator.last_units)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.evaluate_base and trainer.is_global_zero and not self.base:
             self.base = self.evaluator.evaluate(pl_module.encoder, use_cache=True)
+            self.units["base"] = self.evaluator.last_units
             log.info("base model: %s", _fmt(self.base))
             _log(trainer, "base", self.base, step=0)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.tuned = self.evaluator.evaluate(pl_module.encoder)
+            self.units["tuned"] = self.evaluator.last_units
             log.info("fine-tuned model: %s", _fmt(self.tuned))
             _log(trainer, "tuned", self.tuned, step=trainer.global_step)
 

@@ -30,6 +30,13 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
     if dims and model_dim is not None and max(dims) > model_dim:
         raise ConfigError(f"eval.dims={dims}; {max(dims)} exceeds the model's embedding dimension {model_dim}; "
                           f"expected dims <= {model_dim}")
+    stats = ev.get("stats")
+    if stats is not None:
+        check_section(stats, "eval.stats", ("alpha", "confidence", "n_resamples", "seed"), "alpha, confidence, n_resamples, seed")
+        check_number("eval.stats.alpha", stats.get("alpha", 0.05), 0, 1, low_open=True, high_open=True)
+        check_number("eval.stats.confidence", stats.get("confidence", 0.95), 0, 1, low_open=True, high_open=True)
+        check_int("eval.stats.n_resamples", stats.get("n_resamples", 10000), 100)
+        check_int("eval.stats.seed", stats.get("seed", 0), 0)
     sets = ev.get("sets") or {}
     if not isinstance(sets, dict):
         raise ConfigError(f"{sets_key}={sets!r}; expected a mapping name -> {{type, root/path}}")

@@ -5,17 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from embedexp.eval.metrics import ir_metrics, retrieve, spearman, pearson
+from embedexp.eval.metrics import ir_metrics_per_query, pearson, retrieve, spearman
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_sets
+from embedexp.io import atomic_write
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "2"  # 2: trec_eval tie order; ignore_identical_ids per set (off by default)
+CACHE_VERSION = "3"  # 2: trec_eval tie order, ignore_identical_ids per set; 3: one entry per set, per-unit values
 
 
 class Evaluator:
@@ -34,6 +35,7 @@ class Evaluator:
         dims: list[int] | None = None,
         mteb: dict | None = None,
         rerank: dict | None = None,
+        stats: dict | None = None,
     ) -> None:
         self.sets = load_eval_sets(sets)
         self.batch_size = batch_size
@@ -45,72 +47,115 @@ class Evaluator:
         # optional: the real mteb package on these sets and named MTEB tasks; cross-encoder second stage
         self.mteb = _mteb_from_config(mteb, self.sets, sets, cache_dir, batch_size, show_progress)
         self.reranker = _rerank_from_config(rerank, show_progress)
+        self.stats = dict(stats or {})  # settings of the paired statistics in results (embedexp.eval.results)
+        self.last_units: dict[str, dict] = {}  # per-unit values of the last evaluate() (see there)
 
-    def _key(self, encoder, fingerprint: str | None = None) -> str:
+    def _key(self, fingerprint: str, part: str) -> str:
+        """Cache key of one part (an eval set's fingerprint, or "mteb") for one model and these metric settings."""
         h = hashlib.blake2b(digest_size=16)
-        payload = {"v": CACHE_VERSION, "ks": self.ks, "dims": self.dims, "model": fingerprint or encoder.fingerprint()}
-        if self.mteb is not None:
+        payload = {"v": CACHE_VERSION, "ks": self.ks, "dims": self.dims, "model": fingerprint, "part": part}
+        if part == "mteb":
             payload["mteb"] = self.mteb.settings()
-        if self.reranker is not None:
+        elif self.reranker is not None:
             payload["rerank"] = self.reranker.settings()
         h.update(json.dumps(payload, sort_keys=True).encode())
-        for s in self.sets:
-            h.update(f"{s.name}:{s.fingerprint}".encode())
         return h.hexdigest()
 
-    def evaluate(self, encoder, use_cache: bool = False) -> dict[str, float]:
-        """All metrics; with use_cache, reuse/stash results keyed by model + data + metric settings."""
-        path = None
-        fingerprint = encoder.fingerprint() if self.mteb is not None else None
-        if use_cache and self.cache_dir is not None:
-            path = self.cache_dir / "eval" / f"{self._key(encoder, fingerprint)}.json"
-            if path.is_file():
-                try:  # a cache is trusted only if it is a non-empty mapping of metric -> number
-                    metrics = json.loads(path.read_text(encoding="utf-8"))["metrics"]
-                    if not metrics or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
-                        raise ValueError("metrics are not numbers")
-                    log.info("base-model results from cache %s", path)
-                    return {str(k): float(v) for k, v in metrics.items()}
-                except (ValueError, KeyError, TypeError, AttributeError, OSError):
-                    log.warning("ignoring corrupt eval cache %s; recomputing", path)
-        results: dict[str, float] = {}
-        for s in self.sets:
-            t0 = time.perf_counter()
-            if isinstance(s, RetrievalSet):
-                results.update({f"{s.name}/{k}": v for k, v in self._retrieval(encoder, s).items()})
-            elif isinstance(s, STSSet):
-                results.update({f"{s.name}/{k}": v for k, v in self._sts(encoder, s).items()})
-            log.info("evaluated %s in %.1fs", s.name, time.perf_counter() - t0)
-        if self.mteb is not None:
-            results.update(self.mteb.run(encoder, fingerprint))
+    def _read_cache(self, path: Path | None) -> tuple[dict, dict] | None:
+        """(metrics, units) from a cache file, or None; a corrupt file is ignored with a warning."""
+        if path is None or not path.is_file():
+            return None
+        try:  # trusted only if metrics is a non-empty mapping of metric -> number
+            data = json.loads(path.read_text(encoding="utf-8"))
+            metrics, units = data["metrics"], data.get("units", {})
+            if not metrics or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+                raise ValueError("metrics are not numbers")
+            if not isinstance(units, dict):
+                raise ValueError("units is not a mapping")
+            return {str(k): float(v) for k, v in metrics.items()}, units
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            log.warning("ignoring corrupt eval cache %s; recomputing", path)
+            return None
+
+    def _write_cache(self, path: Path | None, metrics: dict, units: dict) -> None:
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"metrics": results}))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps({"metrics": metrics, "units": units}))
+
+    def evaluate(self, encoder, use_cache: bool = False) -> dict[str, float]:
+        """All metrics `{"<set>/<metric>": value}`; per-unit values of the full-dim metrics go to `self.last_units`.
+
+        With use_cache, each eval set's results (and mteb's) are reused/stashed separately, keyed by the model's
+        fingerprint, the set's data and the metric settings: adding an eval set re-encodes only that set.
+        `self.last_units`: {"<set>/<metric>": {"ids", "values"}} per query (retrieval) or {"ids", "scores", "gold",
+        "method"} per sentence pair (STS), the input of `embedexp.eval.stats`.
+        """
+        cached = use_cache and self.cache_dir is not None
+        fingerprint = encoder.fingerprint() if cached or self.mteb is not None else None
+        results: dict[str, float] = {}
+        units: dict[str, dict] = {}
+        for s in self.sets:
+            path = self.cache_dir / "eval" / f"{self._key(fingerprint, s.fingerprint)}.json" if cached else None
+            hit = self._read_cache(path)
+            if hit is not None:
+                log.info("base-model results for %s from cache %s", s.name, path)
+                metrics, set_units = hit
+            else:
+                t0 = time.perf_counter()
+                evaluate_set = self._retrieval if isinstance(s, RetrievalSet) else self._sts
+                metrics, set_units = evaluate_set(encoder, s)
+                metrics = {f"{s.name}/{k}": v for k, v in metrics.items()}
+                set_units = {f"{s.name}/{k}": v for k, v in set_units.items()}
+                log.info("evaluated %s in %.1fs", s.name, time.perf_counter() - t0)
+                self._write_cache(path, metrics, set_units)
+            results.update(metrics)
+            units.update(set_units)
+        if self.mteb is not None:
+            path = self.cache_dir / "eval" / f"{self._key(fingerprint, 'mteb')}.json" if cached else None
+            hit = self._read_cache(path)
+            metrics = hit[0] if hit is not None else self.mteb.run(encoder, fingerprint)
+            if hit is None:
+                self._write_cache(path, metrics, {})
+            results.update(metrics)
+        self.last_units = units
         return results
 
-    def _retrieval(self, encoder, s: RetrievalSet) -> dict[str, float]:
-        """IR metrics of one set: top-k by exact cosine in trec_eval's order (ties: doc id descending)."""
+    def texts(self) -> dict[str, dict[str, str]]:
+        """{set: {unit id: text}}: query texts of retrieval sets, "sentence1 || sentence2" of STS pairs."""
+        out: dict[str, dict[str, str]] = {}
+        for s in self.sets:
+            if isinstance(s, RetrievalSet):
+                out[s.name] = dict(zip(s.query_ids, s.queries))
+            else:
+                out[s.name] = {str(i): f"{a} || {b}" for i, (a, b) in enumerate(zip(s.text_a, s.text_b))}
+        return out
+
+    def _retrieval(self, encoder, s: RetrievalSet) -> tuple[dict[str, float], dict[str, dict]]:
+        """IR metrics of one set (top-k by exact cosine in trec_eval's order) and the full-dim per-query values."""
         q = encoder.encode(s.queries, "query", self.batch_size, self.show_progress, desc=f"{s.name}: queries")
         d = encoder.encode(s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus")
         k = max(max(v) for v in self.ks.values() if v)
-        out = {}
+        out, units = {}, {}
         for dim, suffix in self._dims(q.shape[1]):
             run = retrieve(s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k, ignore_identical_ids=s.ignore_identical_ids)
-            out.update({f"{name}{suffix}": v for name, v in ir_metrics(run, s.qrels, **self.ks).items()})
+            ids, per_query = ir_metrics_per_query(run, s.qrels, **self.ks)
+            out.update({f"{name}{suffix}": float(np.mean(v)) for name, v in per_query.items()})
+            if not suffix:
+                units = {name: {"ids": ids, "values": v} for name, v in per_query.items()}
         if self.reranker is not None:
             out.update(self.reranker.evaluate(s, q, d, self.ks))
-        return out
+        return out, units
 
-    def _sts(self, encoder, s: STSSet) -> dict[str, float]:
+    def _sts(self, encoder, s: STSSet) -> tuple[dict[str, float], dict[str, dict]]:
         a = encoder.encode(s.text_a, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence1")
         b = encoder.encode(s.text_b, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence2")
-        out = {}
+        out, units = {}, {}
         for dim, suffix in self._dims(a.shape[1]):
             cos = torch.nn.functional.cosine_similarity(a[:, :dim], b[:, :dim], dim=-1).tolist()
             out.update({f"spearman{suffix}": spearman(cos, s.scores), f"pearson{suffix}": pearson(cos, s.scores)})
-        return out
+            if not suffix:
+                ids = [str(i) for i in range(len(cos))]
+                units = {m: {"ids": ids, "scores": cos, "gold": list(s.scores), "method": m} for m in ("spearman", "pearson")}
+        return out, units
 
     def _dims(self, full: int) -> list[tuple[int, str]]:
         """(dim, metric-name suffix): the full embedding, then each smaller Matryoshka dim."""

@@ -138,7 +138,20 @@ def ir_metrics(
     mrr_at: Sequence[int] = (10,),
     map_at: Sequence[int] = (10,),
 ) -> dict[str, float]:
-    """Mean per-query metrics over the queries in qrels: `{"ndcg@10": value, ...}` in [0, 1].
+    """Mean per-query metrics over the queries in qrels: `{"ndcg@10": value, ...}` in [0, 1] (see `ir_metrics_per_query`)."""
+    _, per_query = ir_metrics_per_query(run, qrels, ndcg_at, recall_at, mrr_at, map_at)
+    return {name: float(np.mean(values)) for name, values in per_query.items()}
+
+
+def ir_metrics_per_query(
+    run: dict[str, list[tuple[str, float]]],
+    qrels: dict[str, dict[str, int]],
+    ndcg_at: Sequence[int] = (10,),
+    recall_at: Sequence[int] = (10, 100),
+    mrr_at: Sequence[int] = (10,),
+    map_at: Sequence[int] = (10,),
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Per-query metrics: (query ids in qrels order, {"ndcg@10": [value per query], ...}), each value in [0, 1].
 
     Each run list is ranked here by trec_eval's rule (score descending, then doc id descending), so it
     may come in any order (a reranker's, corpus order, ...). A query missing from the run counts as 0;
@@ -150,6 +163,7 @@ def ir_metrics(
     def add(name: str, value: float) -> None:
         per_query.setdefault(name, []).append(value)
 
+    query_ids = list(qrels)
     for qid, judged in qrels.items():
         ranked = [d for d, _ in trec_order(run.get(qid, []))]
         grades = np.array([max(judged.get(d, 0), 0) for d in ranked], dtype=np.float64)
@@ -170,7 +184,7 @@ def ir_metrics(
             hits = np.flatnonzero(relevant[:k])
             precisions = np.arange(1, hits.size + 1) / (hits + 1)
             add(f"map@{k}", float(precisions.sum()) / n_rel if n_rel else 0.0)
-    return {name: float(np.mean(values)) for name, values in per_query.items()}
+    return query_ids, per_query
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """One run's results: results.json + results.md, every metric base vs fine-tuned, with the evidence. Written atomically.
 
 With per-unit values (per query for retrieval metrics, per sentence pair for STS) each row also gets a 95%
-paired bootstrap CI of the change, a paired randomisation p-value, its Holm-adjusted value over every row
-of the table, wins/losses/ties and a verdict (`embedexp.eval.stats`); `per_query.jsonl` keeps the values,
+paired bootstrap CI of the change, a paired randomisation p-value, its Holm-adjusted value (two families: each
+eval set's headline metric, and the other rows), wins/losses/ties and a verdict (`embedexp.eval.stats`); `per_query.jsonl` keeps the values,
 and results.md lists the queries that lost and gained the most.
 
 (The comparison of many runs of a sweep is `embedexp.sweep_report`.)
@@ -19,7 +19,7 @@ from embedexp.eval.stats import compare_paired, verdicts
 from embedexp.io import atomic_write
 
 STATS_DEFAULTS = {"alpha": 0.05, "confidence": 0.95, "n_resamples": 10_000, "seed": 0}
-STAT_KEYS = ("ci_low", "ci_high", "p", "p_holm", "wins", "losses", "ties", "n", "verdict")
+STAT_KEYS = ("ci_low", "ci_high", "p", "p_holm", "wins", "losses", "ties", "n", "verdict", "primary")
 
 
 def _aligned(b: dict, t: dict) -> tuple[list, list, list, list | None] | None:
@@ -43,8 +43,9 @@ def compare(base: dict[str, float], tuned: dict[str, float], units: dict[str, di
         units: {"base": {metric: per-unit}, "tuned": {metric: per-unit}}, where per-unit is
             {"ids": [...], "values": [...]} (mean metrics) or {"ids", "scores", "gold", "method"} (STS correlations).
             Rows with per-unit values for both models get the statistics.
-        stats: alpha, confidence, n_resamples, seed (see STATS_DEFAULTS). Holm's correction runs over every row
-            that has statistics.
+        stats: alpha, confidence, n_resamples, seed (see STATS_DEFAULTS). Holm's correction runs over two
+            families: the headline metric of each eval set (first tested metric: nDCG@10, Spearman), and all other
+            tested metrics.
     """
     settings = {**STATS_DEFAULTS, **(stats or {})}
     out: dict[str, dict[str, Any]] = {}
@@ -62,9 +63,24 @@ def compare(base: dict[str, float], tuned: dict[str, float], units: dict[str, di
         tested[name] = compare_paired(b_vals, t_vals, gold=gold, method=(b_units.get("method") or "spearman"),
                                       n_resamples=int(settings["n_resamples"]), confidence=float(settings["confidence"]),
                                       seed=int(settings["seed"]))
-    for (name, c), (p_holm, verdict) in zip(tested.items(), verdicts(list(tested.values()), float(settings["alpha"]))):
-        out[name].update(ci_low=c.ci_low, ci_high=c.ci_high, p=c.p, p_holm=p_holm, wins=c.wins, losses=c.losses,
-                         ties=c.ties, n=c.n, verdict=verdict)
+    primary = _primary(tested)
+    for family in ([n for n in tested if n in primary], [n for n in tested if n not in primary]):
+        judged = verdicts([tested[n] for n in family], float(settings["alpha"]))
+        for name, (p_holm, verdict) in zip(family, judged):
+            c = tested[name]
+            out[name].update(ci_low=c.ci_low, ci_high=c.ci_high, p=c.p, p_holm=p_holm, wins=c.wins, losses=c.losses,
+                             ties=c.ties, n=c.n, verdict=verdict, primary=name in primary)
+    return out
+
+
+def _primary(names) -> set[str]:
+    """The headline metric of each eval set: its first tested metric (nDCG@10 for retrieval, Spearman for STS)."""
+    seen, out = set(), set()
+    for name in names:
+        ds = name.split("/")[0]
+        if ds not in seen:
+            seen.add(ds)
+            out.add(name)
     return out
 
 
@@ -104,7 +120,7 @@ def summary_lines(rows: dict[str, dict[str, Any]], alpha: float) -> str:
     seen, lines = set(), []
     for name, r in rows.items():
         ds = name.split("/")[0]
-        if "verdict" not in r or ds in seen or "@dim" in name:
+        if not r.get("primary") or ds in seen:
             continue
         seen.add(ds)
         lines.append(f"- **{name}**: {r['verdict']} ({_fmt(r['base'])} -> {_fmt(r['tuned'])}, {_fmt(r['delta'], True)}, "
@@ -112,8 +128,9 @@ def summary_lines(rows: dict[str, dict[str, Any]], alpha: float) -> str:
                      f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied)")
     if not lines:
         return ""
-    return (f"## Verdict (paired tests over queries / sentence pairs; alpha={alpha} after Holm's correction over "
-            "every row of the table)\n\n" + "\n".join(lines) + "\n\n")
+    return (f"## Verdict\n\nPaired tests over queries (retrieval) / sentence pairs (STS); alpha={alpha} after Holm's "
+            "correction over the headline metrics below (the other rows of the table are corrected as a second family)."
+            "\n\n" + "\n".join(lines) + "\n\n")
 
 
 def per_query_records(units: dict[str, dict] | None, texts: dict[str, dict[str, str]] | None = None) -> list[dict]:
