@@ -103,3 +103,33 @@ def test_evaluator_units_equal_pytrec_eval_per_query_and_cache_per_set(tmp_path,
     assert again["demo_test/ndcg@10"] == metrics["demo_test/ndcg@10"]
     assert both.last_units["demo_test/ndcg@10"] == units
     assert both.last_units["demo_sts/spearman"]["gold"] == [float(x) for x in both.sets[1].scores]
+
+
+def test_pairs_eval_set_matches_sentence_transformers_ir_evaluator(tmp_path, tiny_model_dir):
+    """A `type: pairs` eval set scores like sentence-transformers' InformationRetrievalEvaluator fed the same way."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    from embedexp.eval import Evaluator
+    from embedexp.models import Encoder
+
+    rows = [("how do I reset my password", "Use the account page to reset a password.", "Printers need toner."),
+            ("printer out of toner", "Printers need toner.", "Restart the router."),
+            ("wifi keeps dropping", "Restart the router.", "Use the account page to reset a password."),
+            ("forgot my password", "Use the account page to reset a password.", "Restart the router."),
+            ("laptop will not charge", "Check the charger cable and the outlet.", "Printers need toner.")]
+    path = tmp_path / "dev.jsonl"
+    path.write_text("".join(json.dumps({"anchor": a, "positive": p, "negatives": [n]}) + "\n" for a, p, n in rows))
+    ev = Evaluator({"dev": {"type": "pairs", "path": str(path)}}, show_progress=False, ndcg_at=[10], mrr_at=[10])
+    s = ev.sets[0]
+    assert len(s.query_ids) == 5 and len(s.doc_ids) == 4  # distinct anchors; distinct positive/negative texts
+    assert s.qrels["q0"] == {"d0": 1} and s.qrels["q3"] == {"d0": 1}
+    enc = Encoder(str(tiny_model_dir))
+    ours = ev.evaluate(enc)
+    model_dir = enc.save(tmp_path / "model")
+    st = InformationRetrievalEvaluator(dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs)),
+                                       {q: set(d) for q, d in s.qrels.items()}, ndcg_at_k=[10], mrr_at_k=[10],
+                                       accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], name="dev")
+    theirs = st(SentenceTransformer(str(model_dir)))
+    assert ours["dev/ndcg@10"] == pytest.approx(theirs["dev_cosine_ndcg@10"], abs=1e-6)
+    assert ours["dev/mrr@10"] == pytest.approx(theirs["dev_cosine_mrr@10"], abs=1e-6)

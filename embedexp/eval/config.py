@@ -51,6 +51,8 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
             check_bool(f"{key}.ignore_identical_ids", spec.get("ignore_identical_ids", False), optional=False)
             if ks and not any(ks.values()):
                 raise ConfigError(f"eval: every metric cut-off list ({', '.join(ks)}) is empty; expected at least one k")
+        elif spec["type"] == "pairs":
+            check_file(f"{key}.path", spec.get("path"), "a pairs jsonl file (anchor, positive[, negatives])")
         else:
             check_file(f"{key}.path", spec.get("path"), "an STS tsv file")
             check_number(f"{key}.max_score", spec.get("max_score", 5.0), 0, low_open=True)

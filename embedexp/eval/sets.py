@@ -1,4 +1,10 @@
-"""Evaluation sets named in the config: retrieval (BEIR folder + split) and STS (tsv)."""
+"""Evaluation sets named in the config: retrieval (BEIR folder + split, or held-out pairs) and STS (tsv).
+
+`type: pairs` builds a retrieval set from (anchor, positive[, negatives...]) rows the way
+sentence-transformers' InformationRetrievalEvaluator is usually fed: the queries are the distinct anchors,
+the corpus is every distinct positive and negative text, and each anchor's positives are its relevant
+documents (grade 1). That is how a user's own pairs data gets domain metrics without a BEIR folder.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedexp.data.readers import doc_text, load_corpus, load_qrels, load_queries, load_sts, require_dir
+from embedexp.data.readers import doc_text, load_corpus, load_pairs, load_qrels, load_queries, load_sts, require_dir
 from embedexp.errors import ConfigError
 
-SET_TYPES = ("retrieval", "sts")
+SET_TYPES = ("retrieval", "pairs", "sts")
 log = logging.getLogger(__name__)
 
 
@@ -102,6 +108,11 @@ def load_eval_set(name: str, spec: dict, key: str | None = None):
             _hash_files(files, f"retrieval:{split}" + (":ignore_identical_ids" if ignore_identical else "")),
             ignore_identical,
         )
+    if kind == "pairs":
+        if not spec.get("path"):
+            raise ConfigError(f"{key}.path is missing; expected a pairs jsonl file (anchor, positive[, negatives])")
+        path = Path(spec["path"]).expanduser()
+        return pairs_retrieval_set(name, load_pairs(path, on_error), _hash_files([path], "pairs"))
     if kind == "sts":
         if not spec.get("path"):
             raise ConfigError(f"{key}.path is missing; expected an STS tsv file")
@@ -114,6 +125,27 @@ def load_eval_set(name: str, spec: dict, key: str | None = None):
             _hash_files([Path(spec["path"]).expanduser()], "sts"),
         )
     raise ConfigError(f"{key}.type={kind!r}; expected one of {', '.join(SET_TYPES)}")
+
+
+def pairs_retrieval_set(name: str, rows, fingerprint: str) -> RetrievalSet:
+    """A retrieval set from (anchor, positive, *negatives) rows: distinct anchors -> queries `q<i>`, distinct
+    positive/negative texts -> documents `d<i>` (ids by first appearance), qrels anchor -> its positives (grade 1).
+
+    Raises:
+        ValueError: no rows.
+    """
+    if not rows:
+        raise ValueError(f"eval set {name}: no pairs to build a retrieval set from")
+    query_ids: dict[str, str] = {}
+    doc_ids: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for anchor, positive, *negatives in rows:
+        qid = query_ids.setdefault(anchor, f"q{len(query_ids)}")
+        for text in (positive, *negatives):
+            doc_ids.setdefault(text, f"d{len(doc_ids)}")
+        qrels.setdefault(qid, {})[doc_ids[positive]] = 1
+    return RetrievalSet(name, list(query_ids.values()), list(query_ids), list(doc_ids.values()), list(doc_ids),
+                        qrels, fingerprint)
 
 
 def load_eval_sets(specs: dict) -> list:
