@@ -3,6 +3,13 @@
 `last.ckpt` is written to a temporary name and renamed, so a run killed while saving keeps the previous
 checkpoint. On resume the sampler skips the batches the checkpoint already trained on and the RNG
 states (dropout) are put back, so the resumed run matches an uninterrupted one bit for bit on CPU.
+
+The position (epoch, batches done) only means something for the data order it was counted in, so the
+checkpoint also records what that order depends on: `data.batch_size`, `seed`, `data.shuffle`,
+`data.drop_last`, the world size and a fingerprint of the training rows (miner output included). Resuming
+with any of them changed is a one-line ConfigError naming both values (`check_resume_data` runs it before
+the base evaluation; the checkpoint callback runs it again inside `fit`, where the world size is known).
+A checkpoint without the record (saved by an older embedexp) resumes with a warning.
 """
 
 from __future__ import annotations
@@ -23,6 +30,79 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 # our sampler does resume mid-epoch (ResumableSampler.skip_batches); Lightning cannot see that
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+# what a data position depends on (EmbeddingDataModule.position_record) -> the name the user knows it by
+RECORD_KEYS = {
+    "batch_size": "data.batch_size",
+    "seed": "seed",
+    "shuffle": "data.shuffle",
+    "drop_last": "data.drop_last",
+    "world_size": "world size (trainer.devices x trainer.num_nodes)",
+    "rows": "number of training rows (data.train, after mining)",
+    "fingerprint": "training-data fingerprint (data.train texts, miner output)",
+}
+_warned_unrecorded: set[str] = set()
+
+
+def compare_position_record(saved: dict | None, current: dict, ckpt: str, position=None) -> None:
+    """Raise ConfigError if the data a checkpoint's position was counted in differs from this run's.
+
+    `saved`/`current`: EmbeddingDataModule.position_record() dicts; keys missing from either side are not
+    compared (the world size is unknown before the trainer exists). `saved=None` (an older checkpoint):
+    one warning, then the resume goes ahead unchecked.
+    """
+    if saved is None:
+        if ckpt not in _warned_unrecorded:
+            _warned_unrecorded.add(ckpt)
+            log.warning(
+                "checkpoint %s has no record of the data position's inputs (saved by an older embedexp): cannot "
+                "check that data.batch_size, seed, data.shuffle, data.drop_last, the world size and the training "
+                "rows are unchanged; resuming anyway (if any changed, rows are retrained or skipped)", ckpt)
+        return
+    diffs = [
+        f"{name}={saved[key]!r} in the checkpoint but {current[key]!r} in this run"
+        for key, name in RECORD_KEYS.items()
+        if key in saved and key in current and saved[key] != current[key]
+    ]
+    if diffs:
+        where = f" (epoch {position[0]}, {position[1]} batches done)" if position else ""
+        raise ConfigError(
+            f"ckpt_path={ckpt}: its data position{where} was counted in a different data order: {'; '.join(diffs)}; "
+            "expected the checkpoint's values (resuming would retrain or skip rows), or start a fresh run "
+            "(ckpt_path=null in a new hydra.run.dir)"
+        )
+
+
+def _callback_state(ckpt_path: str) -> dict | None:
+    """ResumableCheckpoint's saved state in a Lightning checkpoint, read without loading tensors into memory."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # an unusual checkpoint: the check inside fit still runs
+        log.debug("could not pre-read %s (%s); the data position is checked when fit loads it", ckpt_path, e)
+        return None
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if str(key).split("{")[0] == ResumableCheckpoint.__qualname__:
+            return state
+    return {}
+
+
+def check_resume_data(ckpt_path: str | None, datamodule, world_size: int | None = None) -> None:
+    """Before any model work: ConfigError if `ckpt_path`'s data position does not fit `datamodule`.
+
+    Call it once the rows are final (after mining), e.g. before the base evaluation, so a wrong resume fails in
+    seconds. `world_size=None` leaves the world size to the check inside `fit`. No-op for `ckpt_path=None`
+    or a checkpoint without a ResumableCheckpoint state; warns for one without a record (see module doc).
+    """
+    if ckpt_path is None:
+        return
+    state = _callback_state(str(ckpt_path))
+    if not state:
+        return
+    current = datamodule.position_record(world_size or 1)
+    if world_size is None:
+        current.pop("world_size")
+    compare_position_record(state.get("data"), current, str(ckpt_path), state.get("position"))
 
 
 def _rng_state() -> dict:
@@ -58,6 +138,16 @@ class ResumableCheckpoint(L.Callback):
         self._last_saved_step = -1
         self._position = (0, 0)  # (epoch, batches done in it) at the moment of saving
         self._pending_rng: dict | None = None
+        self._world_size = 1  # set in setup(); recorded with the position
+        self._ckpt_path: str | None = None  # the checkpoint fit resumes from (for error messages)
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__qualname__  # check_resume_data finds the state under this key
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._world_size = int(trainer.world_size)  # runs before Lightning restores the checkpoint
+        self._ckpt_path = getattr(trainer, "ckpt_path", None)
 
     @property
     def path(self) -> Path:
@@ -84,10 +174,17 @@ class ResumableCheckpoint(L.Callback):
             self._save(trainer, trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def state_dict(self) -> dict:
-        return {"position": list(self._position), "rng": getattr(self, "_rng", None)}
+        state = {"position": list(self._position), "rng": getattr(self, "_rng", None)}
+        if self.datamodule is not None:  # what the position depends on, checked on resume
+            state["data"] = self.datamodule.position_record(self._world_size)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         epoch, done = state.get("position", (0, 0))
+        if self.datamodule is not None:  # before anything trains: a changed data order is an error
+            ckpt = str(self._ckpt_path or self.path)
+            compare_position_record(state.get("data"), self.datamodule.position_record(self._world_size), ckpt,
+                                    (epoch, done))
         if self.datamodule is not None:  # its sampler is built later, when Lightning asks for the loader
             self.datamodule.resume_at(epoch, done)
         self._pending_rng = state.get("rng")

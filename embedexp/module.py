@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -30,6 +32,32 @@ def loss_attr(loss: torch.nn.Module, name: str):
             return value
         loss = getattr(loss, "loss", None)
     return None
+
+
+def planned_updates(trainer: L.Trainer, manual_accumulate: int = 1) -> int:
+    """Optimiser updates the run will make: the length of the LR schedule (>= 1).
+
+    Lightning's automatic optimisation steps after every `accumulate_grad_batches` batches and on the last
+    batch of each epoch (a partial window), so an epoch of `b` batches makes ceil(b / accumulate) updates;
+    `trainer.estimated_stepping_batches` counts exactly that, capped by `max_steps` (which counts updates).
+    Under manual optimisation (GradCache) Lightning sees accumulate = 1, so its estimate counts batches; the
+    module accumulates `manual_accumulate` batches itself, with the same partial last window per epoch, so
+    the count is ceil(b / manual_accumulate) per epoch, capped by `max_steps` (also updates: `global_step`
+    counts `optimizer.step()` calls there).
+    """
+    estimate = trainer.estimated_stepping_batches  # also loads the train loader, so num_training_batches is known
+    if manual_accumulate > 1:
+        batches = trainer.num_training_batches
+        if trainer.max_epochs == -1 or batches == float("inf"):
+            estimate = trainer.max_steps
+        else:
+            estimate = math.ceil(batches / manual_accumulate) * max(int(trainer.max_epochs or 1), 1)
+            if trainer.max_steps != -1:
+                estimate = min(estimate, trainer.max_steps)
+    if estimate == float("inf") or estimate is None or estimate < 0:
+        raise ConfigError("trainer.max_steps=-1 with an endless run (max_epochs=-1 or an iterable dataset); "
+                          "expected trainer.max_steps > 0 so the learning-rate schedule has a length")
+    return max(int(estimate), 1)
 
 
 @torch.no_grad()
@@ -76,7 +104,19 @@ class EmbeddingModule(L.LightningModule):
         # NaN (a check for reads of uninitialised memory): ~10% of a CPU training step (docs/benchmarks.md)
         torch.utils.deterministic.fill_uninitialized_memory = False
 
+    def sampling_seed(self) -> int:
+        """The run's seed for per-step random choices (Matryoshka dims): the datamodule's `seed` (the config's
+        `seed`), else Lightning's PL_GLOBAL_SEED, else 0. The same on every rank and after a resume."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        seed = getattr(dm, "seed", None)
+        if seed is None:
+            seed = os.environ.get("PL_GLOBAL_SEED", 0)
+        return int(seed)
+
     def training_step(self, batch, batch_idx: int):
+        begin_step = loss_attr(self.loss, "begin_step")
+        if begin_step is not None:  # per-step choices (Matryoshka dims) keyed by the update, not by the call
+            begin_step(self.global_step, self.sampling_seed())
         if self.grad_cache:
             loss = self._grad_cache_step(batch, batch_idx)
         else:
@@ -119,7 +159,10 @@ class EmbeddingModule(L.LightningModule):
     def _grad_cache_step(self, batch, batch_idx: int) -> torch.Tensor:
         opt = self.optimizers()
         accumulate = self.accumulate_grad_batches
-        is_update = (batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
+        # the same windows as Lightning's automatic path: every `accumulate` batches of the epoch, and the last
+        # (possibly partial) window at the epoch's end
+        is_update = ((batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
+                     or batch_idx + 1 >= self.trainer.num_training_batches)
         labels = batch.get("labels")
         extra = self._extra(batch, self.device)
         value = grad_cache_backward(
@@ -202,9 +245,7 @@ class EmbeddingModule(L.LightningModule):
         )
         if fused:  # Lightning refuses to clip for optimisers that unscale inside step(); let a GradScaler unscale first
             optimizer._step_supports_amp_scaling = False
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        if not self.automatic_optimization:  # estimated_stepping_batches counts batches, not updates
-            total = max(total // self.accumulate_grad_batches, 1)
+        total = planned_updates(self.trainer, 1 if self.automatic_optimization else self.accumulate_grad_batches)
         warmup = int(total * self.warmup_ratio)
 
         def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0

@@ -21,29 +21,33 @@ def counting_allreduce_hook(state, bucket):
 class CaptureStep(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
-        self.rng = None
-        self.batch = None
+        self.micro: list[dict] = []  # per micro-batch of the step: RNG state at its start, its features
+        self.dims: list[tuple[int, ...]] = []  # Matryoshka: the dims of every loss call in the step
 
     def on_train_start(self, trainer, pl_module):
         # Lightning registers comm hooks only on CUDA; count the gloo all-reduce buckets ourselves
         if isinstance(trainer.strategy.model, torch.nn.parallel.DistributedDataParallel):
             trainer.strategy.model.register_comm_hook(None, counting_allreduce_hook)
+        if hasattr(pl_module.loss, "last_dims"):
+            pl_module.loss.register_forward_hook(lambda mod, args, out: self.dims.append(tuple(mod.last_dims)))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.rng = torch.get_rng_state()
-        self.batch = batch
-        ALLREDUCE_CALLS["n"] = 0
+        self.micro.append({"rng": torch.get_rng_state(), "features": batch["features"]})
+        ALLREDUCE_CALLS["n"] = 0  # counts the all-reduces of the step's last micro-batch (the synchronised one)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         grads = {n: p.grad.detach().clone() for n, p in pl_module.encoder.named_parameters() if p.grad is not None}
+        first = self.micro[0]
         torch.save(
-            {"grads": grads, "rng": self.rng, "features": self.batch["features"], "allreduce": ALLREDUCE_CALLS["n"]},
+            {"grads": grads, "rng": first["rng"], "features": first["features"], "micro": self.micro,
+             "dims": self.dims, "allreduce": ALLREDUCE_CALLS["n"]},
             Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
         )
 
 
 def run_step(model_dir: str, rows: list[tuple[str, ...]], out_dir: str, devices: int, loss, batch_size: int,
-             grad_cache_chunk: int | None = None, anchor_chunk: int | None = None) -> None:
+             grad_cache_chunk: int | None = None, anchor_chunk: int | None = None, accumulate: int = 1) -> None:
+    """One optimiser update over `accumulate` micro-batches of `batch_size` rows per rank (rows in order)."""
     from lightning.pytorch.strategies import DDPStrategy
 
     from embedexp.data import EmbeddingDataModule
@@ -61,13 +65,14 @@ def run_step(model_dir: str, rows: list[tuple[str, ...]], out_dir: str, devices:
     ))
     dm.set_tokenizer(encoder.tokenize)
     gc = {"chunk_size": grad_cache_chunk, "anchor_chunk_size": anchor_chunk} if grad_cache_chunk else None
-    module = EmbeddingModule(encoder, loss, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, grad_cache=gc)
+    module = EmbeddingModule(encoder, loss, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, grad_cache=gc,
+                             accumulate_grad_batches=accumulate if gc else 1)
     strategy = "auto"
     if devices > 1:
         strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True, process_group_backend="gloo")
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[CaptureStep(out_dir)], use_distributed_sampler=True,
+        callbacks=[CaptureStep(out_dir)], use_distributed_sampler=True, accumulate_grad_batches=1 if gc else accumulate,
     )
     trainer.fit(module, datamodule=dm)

@@ -559,6 +559,35 @@ def test_n_dims_per_step_reproducible_and_counts():
         assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
 
 
+def test_begin_step_fixes_the_dims_of_one_optimisation_step():
+    """Issue 14 item 8: inside a step every call (GradCache anchor chunks, accumulated micro-batches, DDP ranks)
+    uses the step's dims, a pure function of (seed, step) that leaves the global RNG alone.
+    Reference: the hand-written draw below (randperm of a generator seeded seed * 1_000_003 + step + 0x4D52)."""
+    dims = (32, 16, 8, 4, 2)
+    cols, _ = _make_batch(2, seed=44, dim=32)
+    inner = InfoNCELoss(0.05)
+    loss_fn = MatryoshkaLoss(inner, dims=dims, weights=(1, 2, 3, 4, 5), n_dims_per_step=2)
+    other_rank = MatryoshkaLoss(inner, dims=dims, weights=(1, 2, 3, 4, 5), n_dims_per_step=2)
+    torch.manual_seed(0)
+    rng = torch.get_rng_state()
+    drawn = []
+    for step in range(12):
+        loss_fn.begin_step(step, seed=3)
+        calls = set()
+        for _ in range(4):  # e.g. 4 anchor chunks
+            loss_fn(cols)
+            calls.add(loss_fn.last_dims)
+        other_rank.begin_step(step, seed=3)
+        other_rank(cols)
+        g = torch.Generator().manual_seed(3 * 1_000_003 + step + 0x4D52)
+        expected = tuple(dims[i] for i in sorted(torch.randperm(5, generator=g)[:2].tolist()))
+        assert calls == {expected} and other_rank.last_dims == expected == loss_fn.step_dims(step, seed=3)
+        drawn.append(expected)
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout draws are unaffected
+    assert len(set(drawn)) > 3
+    assert MatryoshkaLoss(inner, dims=dims, n_dims_per_step=-1).step_dims(5, seed=3) == dims
+
+
 @pytest.mark.parametrize("dims", [(), [], (64, 128), (128, 128, 64), (128, 0), (128, -64), (128, 64.0), "768", None,
                                   768, (True,)])
 def test_bad_dims_raise_config_error(dims):

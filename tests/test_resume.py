@@ -101,3 +101,22 @@ def test_sampler_skips_exactly_the_trained_batches():
     shares = [ResumableSampler(50, 8, seed=3, rank=r, world=3) for r in range(3)]
     rows = [list(s) for s in shares]
     assert all(len(r) == 16 for r in rows) and len(set(sum(rows, []))) == 48
+
+
+def test_resume_with_other_batch_size_fails_before_base_evaluation(tmp_path, isolated_cache):
+    """Issue 14 item 6 through the CLI: a checkpoint saved with data.batch_size=8, resumed with 4, is one
+    `embedexp: error:` line naming both values, before the base evaluation runs (its cache stays empty).
+    Reference: before the fix this resume went ahead and trained rows of the first 2 batches a second time."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
+    first = _run([*BASE_ARGS, "trainer.max_steps=2", "checkpoint.every_n_steps=1", "checkpoint.keep=true",
+                  f"hydra.run.dir={run_dir}"], env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    fresh_cache = tmp_path / "cache2"
+    resumed = _run([*BASE_ARGS, "data.batch_size=4", "ckpt_path=last", f"hydra.run.dir={run_dir}"],
+                   dict(env, EMBEDEXP_CACHE=str(fresh_cache)))
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    errors = [line for line in resumed.stderr.splitlines() if line.startswith("embedexp: error:")]
+    assert len(errors) == 1 and "data.batch_size=8 in the checkpoint but 4 in this run" in errors[0], resumed.stderr[-2000:]
+    assert not list((fresh_cache / "eval").glob("*.json"))  # the base evaluation never ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable
 
 import lightning as L
@@ -75,6 +76,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.tokenize: Tokenize | None = None
         self.sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
+        self._fingerprint: str | None = None
 
     def load(self) -> TrainSet:
         """Read and validate the training data (cheap; done before any model loads)."""
@@ -85,6 +87,42 @@ class EmbeddingDataModule(L.LightningDataModule):
     def set_train_set(self, train_set: TrainSet) -> None:
         """Replace the rows (a miner adds negative columns before training)."""
         self.train_set = train_set
+        self._fingerprint = None
+
+    def fingerprint(self) -> str:
+        """A 16-hex-digit digest of the training rows as trained on: columns, kinds, every text, labels.
+
+        Stable across processes and machines (blake2b, not Python's salted `hash`); includes a miner's added
+        negatives, since they are columns of the rows. Computed once per train set (about 1 s per GB of text).
+        """
+        if self._fingerprint is None:
+            ts = self.load()
+            h = hashlib.blake2b(digest_size=8)
+            h.update(repr((ts.columns, ts.kinds, len(ts.rows))).encode())
+            for row in ts.rows:
+                h.update("\x1f".join(row).encode("utf-8", "surrogatepass"))
+                h.update(b"\x1e")
+            if ts.labels is not None:
+                h.update(repr([float(x) for x in ts.labels]).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def position_record(self, world_size: int = 1) -> dict:
+        """What a saved data position (epoch, batches done) depends on; stored in resume checkpoints.
+
+        The sampler's order of epoch `e` is a function of (rows, seed, shuffle, world size), a position counts
+        batches of `batch_size` rows per rank, and `drop_last` decides whether an epoch's last partial batch
+        exists; resuming with any of them changed would retrain or skip rows (embedexp.checkpointing compares).
+        """
+        return {
+            "batch_size": int(self.batch_size),
+            "seed": int(self.seed),
+            "shuffle": bool(self.shuffle),
+            "drop_last": bool(self.drop_last),
+            "world_size": int(world_size),
+            "rows": len(self.load()),
+            "fingerprint": self.fingerprint(),
+        }
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
         """Restarting from a checkpoint: epoch `epoch` already trained on its first `batches_done` batches."""

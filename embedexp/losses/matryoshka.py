@@ -19,9 +19,15 @@ outputs). ``truncate_extra=("guide_embeddings",)`` truncates the guide's too.
 Only the embeddings it is given are used: nothing is re-encoded, and the result is a pure differentiable
 function of the embeddings (GradCache may call it on leaf tensors and back-propagate into them).
 
-Sampling (``n_dims_per_step > 0``) draws from torch's global CPU generator (``torch.randperm``), so a
-run is reproducible under ``seed_everything`` / ``torch.manual_seed``; the dims used by the last call
-are in ``last_dims`` (descending).
+Sampling (``n_dims_per_step > 0``): in training, the dims belong to the optimisation step, not to the call.
+``begin_step(step, seed)`` (EmbeddingModule calls it before every batch with the global step and the run
+seed) draws them from a generator seeded by (seed, step) only, and every call until the next step uses them:
+all GradCache anchor chunks, every micro-batch of a gradient-accumulation window and every DDP rank train
+the same dims in one update, and a resumed run (same seed, restored global step) draws exactly the dims
+of an uninterrupted one, without touching the global RNG (so dropout draws are unchanged). Outside a step
+(no ``begin_step`` yet) each call draws from torch's global CPU generator (``torch.randperm``), so stand-alone
+use is reproducible under ``torch.manual_seed``. The dims used by the last call are in ``last_dims``
+(descending).
 
 Reference: Kusupati et al. 2022, "Matryoshka Representation Learning", arXiv:2205.13147; the loss
 wrapper of sentence-transformers (``MatryoshkaLoss``; it sorts dims, we require them descending).
@@ -131,6 +137,33 @@ class MatryoshkaLoss(nn.Module):
         self.truncate_extra = tuple(names)
         self.loss = loss  # registered as a submodule when it is an nn.Module (module.loss_attr looks here)
         self.last_dims: tuple[int, ...] = ()
+        self._step_indices: list[int] | None = None  # set by begin_step: the dims of the current optimisation step
+
+    @property
+    def samples_dims(self) -> bool:
+        """True when only `n_dims_per_step` of the dims are trained per step."""
+        return self.n_dims_per_step != -1 and self.n_dims_per_step < len(self.dims)
+
+    def step_dims(self, step: int, seed: int = 0) -> tuple[int, ...]:
+        """The dims (descending) trained at optimisation step `step` of a run seeded `seed`.
+
+        A pure function of (seed, step, dims, n_dims_per_step): a fresh torch.Generator seeded with
+        `seed * 1_000_003 + step` (offset so it is not the data sampler's stream), `randperm(len(dims))`, the
+        first `n_dims_per_step` indices. All dims when nothing is sampled.
+        """
+        return tuple(self.dims[i] for i in self._draw_step(step, seed))
+
+    def _draw_step(self, step: int, seed: int) -> list[int]:
+        n = len(self.dims)
+        if not self.samples_dims:
+            return list(range(n))
+        g = torch.Generator()
+        g.manual_seed((int(seed) * 1_000_003 + int(step) + 0x4D52) % (2**63))
+        return sorted(torch.randperm(n, generator=g)[: self.n_dims_per_step].tolist())
+
+    def begin_step(self, step: int, seed: int = 0) -> None:
+        """Fix the sampled dims for optimisation step `step` (see the module doc); idempotent within a step."""
+        self._step_indices = self._draw_step(step, seed)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -143,8 +176,10 @@ class MatryoshkaLoss(nn.Module):
     def select(self) -> list[int]:
         """Indices into ``dims`` used by one call, ascending (= dims descending)."""
         n = len(self.dims)
-        if self.n_dims_per_step == -1 or self.n_dims_per_step >= n:
+        if not self.samples_dims:
             return list(range(n))
+        if self._step_indices is not None:  # inside an optimisation step: its dims, whichever call this is
+            return list(self._step_indices)
         return sorted(torch.randperm(n)[: self.n_dims_per_step].tolist())
 
     def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None, **extra) -> torch.Tensor:
