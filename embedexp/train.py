@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from embedexp.cli import cli_entry, one_line_errors  # noqa: E402
 from embedexp.config import container  # noqa: E402
 from embedexp.launch import hydra_job_command, launches_script_children  # noqa: E402
-from embedexp.losses.config import check_loss_fits_data  # noqa: E402
 from embedexp.secrets import scrub_files, scrub_secrets  # noqa: E402
 from embedexp.trainer.config import check_batches, split_trainer_cfg  # noqa: E402
 from embedexp.validate import validate_config  # noqa: E402
@@ -108,6 +107,8 @@ def _is_rank_zero() -> bool:
 def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
     from hydra.utils import instantiate
 
+    from embedexp.losses.config import check_loss_fits_data
+
     datamodule = instantiate(data_cfg, seed=seed)
     train_set = datamodule.load()
     pending = None  # a miner that needs the model being trained runs once the model is built
@@ -161,6 +162,8 @@ def train(cfg: DictConfig) -> dict:
     # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
     if pending_miner is not None:
+        from embedexp.losses.config import check_loss_fits_data
+
         train_set = pending_miner.mine(train_set, encoder=encoder)
         datamodule.set_train_set(train_set)
         check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, data_name)
@@ -171,13 +174,14 @@ def train(cfg: DictConfig) -> dict:
         check_dims(dims, encoder.dim)
     loggers = [instantiate(lg) for lg in container(cfg.get("logger")).values() if lg]
     eval_cb = EvaluationCallback(evaluator)
-    if _is_rank_zero():
-        eval_cb.base = evaluator.evaluate(encoder, use_cache=True)
-
-    from embedexp.checkpointing import resolve_ckpt_path
+    from embedexp.checkpointing import check_resume_data, resolve_ckpt_path
 
     checkpoint = container(cfg.get("checkpoint")) or {}
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), out_dir / "checkpoints")
+    check_resume_data(ckpt_path, datamodule)  # changed batch size, seed or rows: fail before the base evaluation
+    if _is_rank_zero():
+        eval_cb.base = evaluator.evaluate(encoder, use_cache=True)
+        eval_cb.units["base"] = evaluator.last_units
     t0 = time.perf_counter()
     stages = []
     if pretrain and ckpt_path:
@@ -209,7 +213,7 @@ def train(cfg: DictConfig) -> dict:
         "resumed_from": ckpt_path,
         "config": scrub_secrets(container(cfg)),
     }
-    rows = write_results(out_dir, eval_cb.base, eval_cb.tuned, meta)
+    rows = write_results(out_dir, eval_cb.base, eval_cb.tuned, meta, eval_cb.units, evaluator.texts(), evaluator.stats)
     log_results(loggers, rows, model_dir, meta)  # W&B: summary, table, model artifact; others: no-op
     if not checkpoint.get("keep", False):  # the run is finished: its resume checkpoint is dead weight
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
