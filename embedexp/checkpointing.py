@@ -58,7 +58,9 @@ def compare_position_record(saved: dict | None, current: dict, ckpt: str, positi
             log.warning(
                 "checkpoint %s has no record of the data position's inputs (saved by an older embedexp): cannot "
                 "check that data.batch_size, seed, data.shuffle, data.drop_last, the world size and the training "
-                "rows are unchanged; resuming anyway (if any changed, rows are retrained or skipped)", ckpt)
+                "rows are unchanged; resuming anyway (if any changed, rows are retrained or skipped)",
+                ckpt,
+            )
         return
     diffs = [
         f"{name}={saved[key]!r} in the checkpoint but {current[key]!r} in this run"
@@ -183,8 +185,9 @@ class ResumableCheckpoint(L.Callback):
         epoch, done = state.get("position", (0, 0))
         if self.datamodule is not None:  # before anything trains: a changed data order is an error
             ckpt = str(self._ckpt_path or self.path)
-            compare_position_record(state.get("data"), self.datamodule.position_record(self._world_size), ckpt,
-                                    (epoch, done))
+            compare_position_record(
+                state.get("data"), self.datamodule.position_record(self._world_size), ckpt, (epoch, done)
+            )
         if self.datamodule is not None:  # its sampler is built later, when Lightning asks for the loader
             self.datamodule.resume_at(epoch, done)
         self._pending_rng = state.get("rng")
@@ -220,5 +223,7 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: Path) -> str | None
                 return str(candidate)
         raise ConfigError(f"ckpt_path={ckpt_path}: no {LAST} in that folder or its checkpoints/ subfolder")
     if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file; expected `last`, a .ckpt file or a run folder")
+        raise ConfigError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file; expected `last`, a .ckpt file or a run folder"
+        )
     return str(path)

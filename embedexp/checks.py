@@ -35,7 +35,9 @@ def select(cfg: Any, key: str, default: Any = None) -> Any:
         try:
             return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
         except MissingMandatoryValue as e:
-            raise ConfigError(f"{e.full_key or key} is required (it is ??? in the preset); set it, e.g. {e.full_key or key}=...") from None
+            raise ConfigError(
+                f"{e.full_key or key} is required (it is ??? in the preset); set it, e.g. {e.full_key or key}=..."
+            ) from None
         except OmegaConfBaseException as e:
             raise ConfigError(f"{key}: cannot resolve its value ({first_line(e)})") from None
     return value
@@ -63,8 +65,17 @@ def check_int(key: str, value: Any, minimum: int, optional: bool = False, maximu
         raise ConfigError(f"{key}={value!r}; expected {'null or ' if optional else ''}an integer >= {minimum}{upper}")
 
 
-def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
-                 low_open: bool = False, high_open: bool = False, optional: bool = False, why: str = "") -> None:
+def check_number(
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+    why: str = "",
+) -> None:
     """A finite number in the interval given by low/high (open or closed ends)."""
     if value is None and optional:
         return
@@ -107,7 +118,9 @@ def check_int_list(key: str, value: Any, allow_empty: bool = True, optional: boo
     if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
         raise ConfigError(f"{key}={value!r}; expected a list of positive integers, e.g. [10, 100]")
     if (not value and not allow_empty) or not all(is_int(v) and v > 0 for v in value):
-        raise ConfigError(f"{key}={value!r}; expected a {'non-empty ' if not allow_empty else ''}list of positive integers, e.g. [10, 100]")
+        raise ConfigError(
+            f"{key}={value!r}; expected a {'non-empty ' if not allow_empty else ''}list of positive integers, e.g. [10, 100]"
+        )
     return list(value)
 
 

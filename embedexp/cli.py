@@ -108,7 +108,7 @@ def _runs_to_compose(overrides: list[str]) -> list[list[str]]:
     runs = []
     for j in range(n):
         line = []
-        for i, (text, o) in enumerate(zip(overrides, parsed)):
+        for i, text in enumerate(overrides):
             if i not in swept:
                 line.append(text)
             elif swept[i]:
@@ -151,7 +151,9 @@ def _missing_key(cause: BaseException, compose: Callable, overrides: list[str]) 
     keys = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
     close = difflib.get_close_matches(leaf, keys, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-    return ConfigError(f"{full_key} is not a key of {parent or 'the top level'}; {hint}to add a new key write +{full_key}=...")
+    return ConfigError(
+        f"{full_key} is not a key of {parent or 'the top level'}; {hint}to add a new key write +{full_key}=..."
+    )
 
 
 def check_overrides(config_name: str, overrides: list[str], config_dir_extra: str | None = None) -> None:

@@ -14,12 +14,9 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from embedexp.cli import cli_entry, one_line_errors  # noqa: E402
 from embedexp.config import container  # noqa: E402
-
-from embedexp.cli import one_line_errors  # noqa: E402
-
 from embedexp.secrets import scrub_files, scrub_secrets  # noqa: E402
-from embedexp.cli import cli_entry  # noqa: E402
 from embedexp.validate import validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.evaluate")

@@ -36,8 +36,11 @@ def launches_script_children(trainer_kwargs: dict) -> bool:
     import torch
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark)
+    flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = quiet.level
     quiet.setLevel(logging.WARNING)
@@ -48,12 +51,26 @@ def launches_script_children(trainer_kwargs: dict) -> bool:
         quiet.setLevel(level)
         torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
         torch.backends.cudnn.benchmark = flags[2]
-    return isinstance(launcher, _SubprocessScriptLauncher) and not launcher.cluster_environment.creates_processes_externally
+    return (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+    )
 
 
 # Hydra overrides that belong to the sweep (or that the single run sets itself), not to the job
-_SWEEP_ONLY = ("hydra.mode", "hydra.run.", "hydra.sweep.", "hydra.output_subdir", "hydra.job.name", "hydra/launcher",
-               "hydra.launcher", "hydra/sweeper", "hydra.sweeper", "hydra.job.num", "hydra.job.id")
+_SWEEP_ONLY = (
+    "hydra.mode",
+    "hydra.run.",
+    "hydra.sweep.",
+    "hydra.output_subdir",
+    "hydra.job.name",
+    "hydra/launcher",
+    "hydra.launcher",
+    "hydra/sweeper",
+    "hydra.sweeper",
+    "hydra.job.num",
+    "hydra.job.id",
+)
 
 
 def hydra_job_command(module: str, hydra_cfg: Any, output_dir: str | Path) -> tuple[list[str], str]:

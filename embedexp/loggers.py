@@ -108,9 +108,18 @@ def _hydra_names(secrets: list[str]) -> tuple[str | None, str | None]:
     return name, group
 
 
-def wandb_logger(save_dir: str, project: str = "embedexp", mode: str = "auto", name: str | None = None,
-                 group: str | None = None, tags: list[str] | None = None, entity: str | None = None,
-                 init_timeout_s: float = 30, check_timeout_s: float = 2.0, **kwargs: Any):
+def wandb_logger(
+    save_dir: str,
+    project: str = "embedexp",
+    mode: str = "auto",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    entity: str | None = None,
+    init_timeout_s: float = 30,
+    check_timeout_s: float = 2.0,
+    **kwargs: Any,
+):
     """A Lightning WandbLogger whose mode is decided here (auto: offline without key or network)."""
     import wandb
     from lightning.pytorch.loggers import WandbLogger
@@ -140,8 +149,12 @@ def wandb_logger(save_dir: str, project: str = "embedexp", mode: str = "auto", n
     return logger
 
 
-def log_results(loggers: Iterable[Any], rows: dict[str, dict[str, float | None]], model_dir: str | Path | None,
-                meta: dict[str, Any] | None = None) -> None:
+def log_results(
+    loggers: Iterable[Any],
+    rows: dict[str, dict[str, float | None]],
+    model_dir: str | Path | None,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """For each W&B logger: the scrubbed config, base/tuned/delta summary values, a results table, the
     exported model as an artifact; then end the run (a sweep in one process starts a new run per job)."""
     from lightning.pytorch.loggers import WandbLogger
@@ -166,8 +179,11 @@ def log_results(loggers: Iterable[Any], rows: dict[str, dict[str, float | None]]
                     run.summary[f"{part}/{metric}"] = r[part]
         run.log({"results": table})
         if model_dir is not None and Path(model_dir).is_dir():
-            artifact = wandb.Artifact(name=f"model-{run.id}", type="model",
-                                      metadata=scrub_secrets({k: v for k, v in (meta or {}).items() if k != "config"}, secrets))
+            artifact = wandb.Artifact(
+                name=f"model-{run.id}",
+                type="model",
+                metadata=scrub_secrets({k: v for k, v in (meta or {}).items() if k != "config"}, secrets),
+            )
             artifact.add_dir(str(model_dir))
             run.log_artifact(artifact)
         run.finish()
@@ -196,9 +212,9 @@ def _wandb_records(path: Path):
         if left < _RECORD_HEADER:  # block trailer: zero padding
             pos += left
             continue
-        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
-        chunk = data[pos + _RECORD_HEADER:pos + _RECORD_HEADER + length]
+        chunk = data[pos + _RECORD_HEADER : pos + _RECORD_HEADER + length]
         pos += _RECORD_HEADER + length
         if kind == 0 and length == 0:
             continue
@@ -248,5 +264,11 @@ def read_wandb_run(run_dir: str | Path) -> dict[str, Any]:
         elif kind == "artifact":
             a = record.artifact
             artifacts.append({"name": a.name, "type": a.type, "files": sorted(e.path for e in a.manifest.contents)})
-    return {"dir": str(run_dir), "id": run_id, "config": config, "summary": summary, "artifacts": artifacts,
-            "finished": finished}
+    return {
+        "dir": str(run_dir),
+        "id": run_id,
+        "config": config,
+        "summary": summary,
+        "artifacts": artifacts,
+        "finished": finished,
+    }

@@ -20,14 +20,10 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from embedexp.io import atomic_write  # noqa: E402
-
+from embedexp.cli import cli_entry, one_line_errors  # noqa: E402
 from embedexp.config import container  # noqa: E402
-
-from embedexp.cli import one_line_errors  # noqa: E402
-
+from embedexp.io import atomic_write  # noqa: E402
 from embedexp.secrets import scrub_files, scrub_secrets  # noqa: E402
-from embedexp.cli import cli_entry  # noqa: E402
 from embedexp.validate import validate_config  # noqa: E402
 
 log = logging.getLogger("embedexp.mine")
@@ -39,7 +35,10 @@ def write_pairs(path: Path, train_set) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for row in train_set.rows:
-            f.write(json.dumps({"anchor": row[0], "positive": row[1], "negatives": list(row[2:])}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"anchor": row[0], "positive": row[1], "negatives": list(row[2:])}, ensure_ascii=False)
+                + "\n"
+            )
     os.replace(tmp, path)
     return path
 
@@ -50,8 +49,10 @@ def mine(cfg: DictConfig) -> dict:
     from embedexp.errors import ConfigError
 
     if cfg.miner is None or "_target_" not in cfg.miner:
-        raise ConfigError(f"miner={cfg.miner.get('name', 'none') if cfg.miner else 'none'} has nothing to mine; "
-                          "choose miner=bm25, dense, cross_encoder or random")
+        raise ConfigError(
+            f"miner={cfg.miner.get('name', 'none') if cfg.miner else 'none'} has nothing to mine; "
+            "choose miner=bm25, dense, cross_encoder or random"
+        )
     out_dir = Path(cfg.paths.output_dir)
     validate_config(cfg, "mine")
     scrub_files(out_dir, cfg)
@@ -72,8 +73,10 @@ def mine(cfg: DictConfig) -> dict:
     m = stats["mining"]
     if "removed" in m:
         print("removed by filter: " + ", ".join(f"{k}={v}" for k, v in m["removed"].items()))
-        print(f"rows: {m['rows_in']} in, {m['rows_out']} out; {m['rows_short']} rows ({m['queries_short']} queries) "
-              f"got fewer than {cfg.miner.get('n_negatives')} negatives; cache: {m.get('cache')}")
+        print(
+            f"rows: {m['rows_in']} in, {m['rows_out']} out; {m['rows_short']} rows ({m['queries_short']} queries) "
+            f"got fewer than {cfg.miner.get('n_negatives')} negatives; cache: {m.get('cache')}"
+        )
     print(f"mined: {pairs}\nstats: {stats_path}")
     print(f"train on it: embedexp-train data=pairs data.train.path={pairs}")
     return stats

@@ -55,8 +55,10 @@ def planned_updates(trainer: L.Trainer, manual_accumulate: int = 1) -> int:
             if trainer.max_steps != -1:
                 estimate = min(estimate, trainer.max_steps)
     if estimate == float("inf") or estimate is None or estimate < 0:
-        raise ConfigError("trainer.max_steps=-1 with an endless run (max_epochs=-1 or an iterable dataset); "
-                          "expected trainer.max_steps > 0 so the learning-rate schedule has a length")
+        raise ConfigError(
+            "trainer.max_steps=-1 with an endless run (max_epochs=-1 or an iterable dataset); "
+            "expected trainer.max_steps > 0 so the learning-rate schedule has a length"
+        )
     return max(int(estimate), 1)
 
 
@@ -161,8 +163,11 @@ class EmbeddingModule(L.LightningModule):
         accumulate = self.accumulate_grad_batches
         # the same windows as Lightning's automatic path: every `accumulate` batches of the epoch, and the last
         # (possibly partial) window at the epoch's end
-        is_update = ((batch_idx + 1) % accumulate == 0 or self.trainer.is_last_batch
-                     or batch_idx + 1 >= self.trainer.num_training_batches)
+        is_update = (
+            (batch_idx + 1) % accumulate == 0
+            or self.trainer.is_last_batch
+            or batch_idx + 1 >= self.trainer.num_training_batches
+        )
         labels = batch.get("labels")
         extra = self._extra(batch, self.device)
         value = grad_cache_backward(
@@ -170,7 +175,10 @@ class EmbeddingModule(L.LightningModule):
             column_features=batch["features"],
             chunk_size=int(self.grad_cache["chunk_size"]),
             loss_and_grads=lambda cols: loss_and_embedding_grads(
-                self.loss, cols, labels, extra,
+                self.loss,
+                cols,
+                labels,
+                extra,
                 in_batch_negatives=bool(loss_attr(self.loss, "in_batch_negatives")),
                 supports_anchor_rows=bool(loss_attr(self.loss, "supports_anchor_rows")),
                 anchor_chunk_size=self.grad_cache.get("anchor_chunk_size"),
@@ -212,15 +220,23 @@ class EmbeddingModule(L.LightningModule):
         where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.bad_batches > allowed:
             ckpt = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt" if self._trainer else None
-            last = (f"last good checkpoint: {ckpt} (resume with ckpt_path=last)" if ckpt is not None and ckpt.is_file()
-                    else "no checkpoint was saved before it")
+            last = (
+                f"last good checkpoint: {ckpt} (resume with ckpt_path=last)"
+                if ckpt is not None and ckpt.is_file()
+                else "no checkpoint was saved before it"
+            )
             raise NumericalError(
                 f"non-finite {what} (NaN/inf) at {where}, after {self.bad_batches - 1} skipped bad batch(es); {last}; "
                 "expected finite values: lower trainer.lr, keep trainer.gradient_clip_val, use precision=32-true, "
                 "or set trainer.skip_bad_batches=N to skip rare bad batches"
             )
-        log.warning("skipping batch with non-finite %s at %s (%d of trainer.skip_bad_batches=%d)",
-                    what, where, self.bad_batches, allowed)
+        log.warning(
+            "skipping batch with non-finite %s at %s (%d of trainer.skip_bad_batches=%d)",
+            what,
+            where,
+            self.bad_batches,
+            allowed,
+        )
         return False
 
     def _no_sync(self):

@@ -66,8 +66,11 @@ def scrub_files(folder: str | Path, cfg: Any = None) -> list[Path]:
         new = text
         for s in secrets:
             new = new.replace(s, REDACTED)
-        new = re.sub(rf"(?im)^(\s*-?\s*[+~]*(?:[\w.@/-]*\.)?{_SECRET_NAME}\s*[:=]\s*)(?![\s'\"]*\$\{{)(\S.*)$",
-                     lambda m: m.group(1) + REDACTED, new)
+        new = re.sub(
+            rf"(?im)^(\s*-?\s*[+~]*(?:[\w.@/-]*\.)?{_SECRET_NAME}\s*[:=]\s*)(?![\s'\"]*\$\{{)(\S.*)$",
+            lambda m: m.group(1) + REDACTED,
+            new,
+        )
         if new != text:
             atomic_write(f, new)
             changed.append(f)

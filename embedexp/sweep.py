@@ -42,4 +42,3 @@ class SweepSummary(Callback):
             log.warning("sweep summary not written (%s: %s); run `embedexp-report %s`", type(e).__name__, e, sweep_dir)
             return
         log.info("sweep summary: %s/summary.md\n%s", sweep_dir, summary["markdown"])
-

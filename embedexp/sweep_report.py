@@ -152,8 +152,12 @@ def markdown(jobs: list[Job], title: str = "Sweep") -> str:
     lines.append("|" + "---|" * (2 + len(keys)) + "---:|" * len(metrics))
     for j in jobs:
         status = j.status if j.job_id is None or j.status == FINISHED else f"{j.status}; job id {j.job_id}"
-        cells = ["" if j.num is None else str(j.num), status, *(j.overrides.get(k, "") for k in keys),
-                 *(_cell(j.metrics.get(m)) for m in metrics)]
+        cells = [
+            "" if j.num is None else str(j.num),
+            status,
+            *(j.overrides.get(k, "") for k in keys),
+            *(_cell(j.metrics.get(m)) for m in metrics),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -194,11 +198,18 @@ def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
             groups.setdefault(" ".join(f"{k}={j.overrides.get(k, '')}" for k in others) or "jobs", []).append(j)
         for ax, metric in zip(axes.flat, metrics):
             for label, members in groups.items():
-                pts = sorted((xpos[j.overrides.get(key, "")], j.metrics[metric]["tuned"]) for j in members
-                             if metric in j.metrics and j.metrics[metric].get("tuned") is not None)
+                pts = sorted(
+                    (xpos[j.overrides.get(key, "")], j.metrics[metric]["tuned"])
+                    for j in members
+                    if metric in j.metrics and j.metrics[metric].get("tuned") is not None
+                )
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=label)
-            bases = [j.metrics[metric]["base"] for j in finished if metric in j.metrics and j.metrics[metric].get("base") is not None]
+            bases = [
+                j.metrics[metric]["base"]
+                for j in finished
+                if metric in j.metrics and j.metrics[metric].get("base") is not None
+            ]
             if bases:
                 ax.axhline(sum(bases) / len(bases), color="gray", linestyle=":", label="base")
             ax.set_title(metric, fontsize=9)
@@ -208,7 +219,7 @@ def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
             if not numbers:
                 ax.set_xticks(range(len(order)), order, fontsize=8)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(metrics):]:
+        for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         if handles:
@@ -266,12 +277,15 @@ def attach_wandb(jobs: list[Job]) -> list[str]:
             for part in ("base", "tuned", "delta"):
                 ours, theirs = row.get(part), logged.get(metric, {}).get(part)
                 if not _close(ours, theirs):
-                    problems.append(f"{name}: {part}/{metric} is {ours} in results.json but {theirs} in W&B run {run['id']}")
+                    problems.append(
+                        f"{name}: {part}/{metric} is {ours} in results.json but {theirs} in W&B run {run['id']}"
+                    )
     return problems
 
 
-def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, plots: bool = True,
-                 wandb: bool = False) -> dict:
+def write_report(
+    sweep_dir: str | Path, out_dir: str | Path | None = None, plots: bool = True, wandb: bool = False
+) -> dict:
     """summary.md, summary.json and plots/ in out_dir (default: the sweep dir); returns the summary."""
     root = Path(sweep_dir)
     out = Path(out_dir) if out_dir else root
@@ -285,8 +299,11 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None, plots
     if plot_paths:
         md += "\nPlots: " + ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in plot_paths) + "\n"
     if wandb:
-        md += "\nW&B runs: " + ("agree with results.json\n" if not mismatches else
-                                "DISAGREE with results.json:\n" + "".join(f"- {m}\n" for m in mismatches))
+        md += "\nW&B runs: " + (
+            "agree with results.json\n"
+            if not mismatches
+            else "DISAGREE with results.json:\n" + "".join(f"- {m}\n" for m in mismatches)
+        )
     summary = {
         "sweep_dir": str(root),
         "swept_keys": swept_keys(jobs),
@@ -306,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", help="a multirun sweep dir (or a single run dir)")
     parser.add_argument("--out", help="where summary.md/json and plots/ go (default: the sweep dir)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--wandb", action="store_true",
-                        help="also read each job's W&B run dir (wandb/offline-run-*) and check it agrees with results.json")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also read each job's W&B run dir (wandb/offline-run-*) and check it agrees with results.json",
+    )
     args = parser.parse_args(argv)
     try:
         summary = write_report(args.sweep_dir, args.out, plots=not args.no_plots, wandb=args.wandb)

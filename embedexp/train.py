@@ -27,8 +27,18 @@ from embedexp.validate import validate_config  # noqa: E402
 log = logging.getLogger("embedexp.train")
 
 
-def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, out_dir: Path, callbacks, loggers,
-         checkpoint: dict | None = None, ckpt_path: str | None = None):
+def _fit(
+    encoder,
+    loss,
+    datamodule,
+    trainer_kwargs: dict,
+    optim_kwargs: dict,
+    out_dir: Path,
+    callbacks,
+    loggers,
+    checkpoint: dict | None = None,
+    ckpt_path: str | None = None,
+):
     import lightning as L
 
     from embedexp.checkpointing import ResumableCheckpoint
@@ -40,8 +50,9 @@ def _fit(encoder, loss, datamodule, trainer_kwargs: dict, optim_kwargs: dict, ou
     module = EmbeddingModule(encoder, loss, **optim_kwargs)
     callbacks = list(callbacks)
     if checkpoint and checkpoint.get("enabled", True):
-        callbacks.append(ResumableCheckpoint(out_dir / "checkpoints", checkpoint.get("every_n_steps"),
-                                             datamodule=datamodule))
+        callbacks.append(
+            ResumableCheckpoint(out_dir / "checkpoints", checkpoint.get("every_n_steps"), datamodule=datamodule)
+        )
     trainer = L.Trainer(
         **trainer_kwargs,
         logger=loggers or False,
@@ -95,8 +106,10 @@ def _run_job_alone(out_dir: Path) -> dict:
     if rc == 2:
         raise SystemExit(2)
     if rc != 0:
-        raise RuntimeError(f"job {HydraConfig.get().job.get('num', '?')}: its DDP run exited with status {rc}; "
-                           f"see {out_dir}/{HydraConfig.get().job.name}.log")
+        raise RuntimeError(
+            f"job {HydraConfig.get().job.get('num', '?')}: its DDP run exited with status {rc}; "
+            f"see {out_dir}/{HydraConfig.get().job.name}.log"
+        )
     return json.loads((out_dir / "results.json").read_text(encoding="utf-8"))["metrics"]
 
 
@@ -119,7 +132,9 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
             if train_set.corpus is None:
                 from embedexp.errors import ConfigError
 
-                raise ConfigError(f"miner={miner_cfg.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
+                raise ConfigError(
+                    f"miner={miner_cfg.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+                )
         else:
             train_set = miner.mine(train_set)
             datamodule.set_train_set(train_set)
@@ -189,10 +204,26 @@ def train(cfg: DictConfig) -> dict:
     elif pretrain:
         log.info("stage 1 (pretrain): %s", type(pre_loss).__name__)
         trainer = _fit(encoder, pre_loss, pre_data, pre_trainer, pre_optim, out_dir / "pretrain", [], loggers)
-        stages.append({"stage": "pretrain", "loss": type(pre_loss).__name__, "steps": trainer.global_step,
-                       "model_dir": str(encoder.save(out_dir / "pretrain" / "model"))})
-    trainer = _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, out_dir, [eval_cb], loggers,
-                   checkpoint=checkpoint, ckpt_path=ckpt_path)
+        stages.append(
+            {
+                "stage": "pretrain",
+                "loss": type(pre_loss).__name__,
+                "steps": trainer.global_step,
+                "model_dir": str(encoder.save(out_dir / "pretrain" / "model")),
+            }
+        )
+    trainer = _fit(
+        encoder,
+        loss,
+        datamodule,
+        trainer_kwargs,
+        optim_kwargs,
+        out_dir,
+        [eval_cb],
+        loggers,
+        checkpoint=checkpoint,
+        ckpt_path=ckpt_path,
+    )
     stages.append({"stage": "train", "loss": type(loss).__name__, "steps": trainer.global_step})
     train_seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:

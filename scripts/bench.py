@@ -128,10 +128,19 @@ def scifact_test(data_root: str, max_docs: int | None, seed: int = 0):
         return s
     relevant = {d for docs in s.qrels.values() for d in docs}
     others = [i for i, d in enumerate(s.doc_ids) if d not in relevant]
-    keep = sorted([i for i, d in enumerate(s.doc_ids) if d in relevant]
-                  + random.Random(seed).sample(others, max(0, min(len(others), max_docs - len(relevant)))))
-    return RetrievalSet(s.name, s.query_ids, s.queries, [s.doc_ids[i] for i in keep], [s.docs[i] for i in keep],
-                        s.qrels, f"{s.fingerprint}:{max_docs}:{seed}")
+    keep = sorted(
+        [i for i, d in enumerate(s.doc_ids) if d in relevant]
+        + random.Random(seed).sample(others, max(0, min(len(others), max_docs - len(relevant))))
+    )
+    return RetrievalSet(
+        s.name,
+        s.query_ids,
+        s.queries,
+        [s.doc_ids[i] for i in keep],
+        [s.docs[i] for i in keep],
+        s.qrels,
+        f"{s.fingerprint}:{max_docs}:{seed}",
+    )
 
 
 def minilm_path() -> str:
@@ -142,9 +151,9 @@ def minilm_path() -> str:
 
 # ---------------------------------------------------------------- workers (each in its own subprocess)
 def _compose(overrides: list[str]):
-    import embedexp.train  # noqa: F401  (registers the resolvers, sets the offline defaults)
     from hydra import compose, initialize_config_dir
 
+    import embedexp.train  # noqa: F401  (registers the resolvers, sets the offline defaults)
     from embedexp.config import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -156,8 +165,10 @@ def _process_info() -> dict:
     import resource
 
     runtime = sys.modules.get("embedexp.runtime")  # imported only by embedexp's workers (its commands' setup)
-    return {"malloc_tuning": bool(runtime and runtime.allocator_tuned()),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "malloc_tuning": bool(runtime and runtime.allocator_tuned()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _watch_matmul_dtype(backbone) -> set:
@@ -170,15 +181,17 @@ def _watch_matmul_dtype(backbone) -> set:
     return seen
 
 
-def _summary(marks: list[tuple[float, float]], losses: list[float], shapes: list, warmup: int, batch: int, shape: dict) -> dict:
+def _summary(
+    marks: list[tuple[float, float]], losses: list[float], shapes: list, warmup: int, batch: int, shape: dict
+) -> dict:
     """Step times from (wall, process CPU) marks at the end of each step; the CPU share flags contended runs."""
     import torch
 
     wall = [w for w, _ in marks]
-    times = [b - a for a, b in zip(wall[warmup - 1:], wall[warmup:])]
+    times = [b - a for a, b in zip(wall[warmup - 1 :], wall[warmup:])]
     cpu_share = (marks[-1][1] - marks[warmup - 1][1]) / (wall[-1] - wall[warmup - 1]) / torch.get_num_threads()
     flops = [train_step_flops(shape, s) for s in shapes]
-    timed_flops = flops[warmup:warmup + len(times)]
+    timed_flops = flops[warmup : warmup + len(times)]
     tokens = [sum(b * s for b, s in st) for st in shapes]
     return {
         "step_s": statistics.median(times),
@@ -201,18 +214,29 @@ def train_embedexp(job: dict) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.data.train_sets import TrainSet
-    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
+    from embedexp.trainer.config import split_trainer_cfg
 
     rows = json.loads(Path(job["pairs"]).read_text())
     steps = job["warmup"] + job["steps"]
-    cfg = _compose([
-        "model=minilm", "loss=infonce", "data=demo", "logger=none",
-        f"trainer={'cpu_bf16' if job['precision'] == 'bf16' else 'cpu'}",
-        f"model.max_seq_length={job['max_len']}", f"data.batch_size={job['batch']}", "data.shuffle=false",
-        f"trainer.max_steps={steps}", f"trainer.lr={job['lr']}", "trainer.warmup_ratio=0.0",
-        "trainer.enable_progress_bar=false", f"paths.output_dir={job['tmp']}/embedexp",
-    ] + list(job.get("overrides", [])))
+    cfg = _compose(
+        [
+            "model=minilm",
+            "loss=infonce",
+            "data=demo",
+            "logger=none",
+            f"trainer={'cpu_bf16' if job['precision'] == 'bf16' else 'cpu'}",
+            f"model.max_seq_length={job['max_len']}",
+            f"data.batch_size={job['batch']}",
+            "data.shuffle=false",
+            f"trainer.max_steps={steps}",
+            f"trainer.lr={job['lr']}",
+            "trainer.warmup_ratio=0.0",
+            "trainer.enable_progress_bar=false",
+            f"paths.output_dir={job['tmp']}/embedexp",
+        ]
+        + list(job.get("overrides", []))
+    )
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
@@ -233,7 +257,9 @@ def train_embedexp(job: dict) -> dict:
     def probe() -> float:
         encoder.eval()
         with torch.no_grad():
-            value = float(loss([encoder(encoder.tokenize(col, kind)) for col, kind in zip(first, ("query", "document"))]))
+            value = float(
+                loss([encoder(encoder.tokenize(col, kind)) for col, kind in zip(first, ("query", "document"))])
+            )
         encoder.train()
         return value
 
@@ -241,13 +267,25 @@ def train_embedexp(job: dict) -> dict:
     before = probe()
     dtypes = _watch_matmul_dtype(encoder.backbone)
     clock = StepClock()
-    _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, Path(job["tmp"]) / "embedexp", [clock], [],
-         checkpoint={"enabled": False})
+    _fit(
+        encoder,
+        loss,
+        datamodule,
+        trainer_kwargs,
+        optim_kwargs,
+        Path(job["tmp"]) / "embedexp",
+        [clock],
+        [],
+        checkpoint={"enabled": False},
+    )
     out = _summary(clock.marks, clock.losses, clock.shapes, job["warmup"], job["batch"], model_shape(encoder.backbone))
     out["probe"] = [before, probe()]
     out["matmul_dtype"] = sorted(dtypes)
-    out["settings"] = {"precision": trainer_kwargs.get("precision"), "deterministic": trainer_kwargs.get("deterministic"),
-                       "overrides": list(job.get("overrides", []))}
+    out["settings"] = {
+        "precision": trainer_kwargs.get("precision"),
+        "deterministic": trainer_kwargs.get("deterministic"),
+        "overrides": list(job.get("overrides", [])),
+    }
     out.update(_process_info())
     return out
 
@@ -257,7 +295,11 @@ def train_st(job: dict) -> dict:
     import sentence_transformers
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.base.sampler import DefaultBatchSampler
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from torch.utils.data import SequentialSampler
@@ -283,8 +325,14 @@ def train_st(job: dict) -> dict:
             record["marks"].append((time.perf_counter(), time.process_time()))
 
     def sequential(dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):
-        return DefaultBatchSampler(SequentialSampler(dataset), batch_size=batch_size, drop_last=drop_last,
-                                   valid_label_columns=valid_label_columns, generator=generator, seed=seed)
+        return DefaultBatchSampler(
+            SequentialSampler(dataset),
+            batch_size=batch_size,
+            drop_last=drop_last,
+            valid_label_columns=valid_label_columns,
+            generator=generator,
+            seed=seed,
+        )
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(job["tmp"]) / "st"),
@@ -306,14 +354,19 @@ def train_st(job: dict) -> dict:
         batch_sampler=sequential,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, loss=RecordedMNRL(model, scale=20.0),
+        model=model,
+        args=args,
+        loss=RecordedMNRL(model, scale=20.0),
         train_dataset=Dataset.from_dict({"anchor": [r[0] for r in rows], "positive": [r[1] for r in rows]}),
         callbacks=[StepClock()],
     )
+
     def probe() -> float:
         model.eval()
         with torch.no_grad():
-            value = float(MultipleNegativesRankingLoss(model, scale=20.0)([model.preprocess(col) for col in first], None))
+            value = float(
+                MultipleNegativesRankingLoss(model, scale=20.0)([model.preprocess(col) for col in first], None)
+            )
         model.train()
         return value
 
@@ -321,12 +374,22 @@ def train_st(job: dict) -> dict:
     before = probe()
     dtypes = _watch_matmul_dtype(model[0].auto_model)
     trainer.train()
-    out = _summary(record["marks"], record["losses"], record["shapes"], job["warmup"], job["batch"],
-                   model_shape(model[0].auto_model))
+    out = _summary(
+        record["marks"],
+        record["losses"],
+        record["shapes"],
+        job["warmup"],
+        job["batch"],
+        model_shape(model[0].auto_model),
+    )
     out["probe"] = [before, probe()]
     out["matmul_dtype"] = sorted(dtypes)
-    out["settings"] = {"version": sentence_transformers.__version__, "optim": str(args.optim.value),
-                       "bf16": args.bf16, "batch_sampler": "sequential"}
+    out["settings"] = {
+        "version": sentence_transformers.__version__,
+        "optim": str(args.optim.value),
+        "bf16": args.bf16,
+        "batch_sampler": "sequential",
+    }
     out.update(_process_info())
     return out
 
@@ -339,14 +402,15 @@ def eval_embedexp(job: dict) -> dict:
     """embedexp's Evaluator (as a run uses it for the base model: use_cache=True, empty cache), then again (cached)."""
     from hydra.utils import instantiate
 
-    from embedexp.eval import Evaluator
     from embedexp.config import container
+    from embedexp.eval import Evaluator
 
     cfg = _compose(["model=minilm", "data=demo"] + _eval_settings(job))
     data = scifact_test(job["data_root"], job["eval_docs"])
     encoder = instantiate(cfg.model)
-    evaluator = Evaluator(**{**container(cfg.eval), "sets": {}, "cache_dir": str(Path(job["tmp"]) / "cache"),
-                             "show_progress": False})
+    evaluator = Evaluator(
+        **{**container(cfg.eval), "sets": {}, "cache_dir": str(Path(job["tmp"]) / "cache"), "show_progress": False}
+    )
     evaluator.sets = [data]
     t0 = time.perf_counter()
     first = evaluator.evaluate(encoder, use_cache=True)
@@ -354,8 +418,14 @@ def eval_embedexp(job: dict) -> dict:
     cached = [evaluator.evaluate(encoder, use_cache=True) for _ in range(3)]
     t2 = time.perf_counter()
     assert all(c == first for c in cached), "the cached results differ from the computed ones"
-    return {"seconds": t1 - t0, "cached_seconds": (t2 - t1) / 3, "ndcg_at_10": first["scifact_test/ndcg@10"],
-            "docs": len(data.docs), "queries": len(data.queries), **_process_info()}
+    return {
+        "seconds": t1 - t0,
+        "cached_seconds": (t2 - t1) / 3,
+        "ndcg_at_10": first["scifact_test/ndcg@10"],
+        "docs": len(data.docs),
+        "queries": len(data.queries),
+        **_process_info(),
+    }
 
 
 def eval_peer(job: dict) -> dict:
@@ -375,7 +445,9 @@ def eval_peer(job: dict) -> dict:
     from datasets import Dataset
 
     split = {
-        "corpus": Dataset.from_dict({"id": list(data.doc_ids), "title": [""] * len(data.docs), "text": list(data.docs)}),
+        "corpus": Dataset.from_dict(
+            {"id": list(data.doc_ids), "title": [""] * len(data.docs), "text": list(data.docs)}
+        ),
         "queries": Dataset.from_dict({"id": list(data.query_ids), "text": list(data.queries)}),
         "relevant_docs": {q: dict(d) for q, d in data.qrels.items()},
         "top_ranked": None,
@@ -388,14 +460,24 @@ def eval_peer(job: dict) -> dict:
                 self.data_loaded = True
 
     task = LocalSciFact().filter_eval_splits(["test"])
-    kwargs = dict(encode_kwargs={"batch_size": job["batch"], "show_progress_bar": False}, show_progress_bar=False,
-                  co2_tracker=False, raise_error=True)
+    kwargs = dict(
+        encode_kwargs={"batch_size": job["batch"], "show_progress_bar": False},
+        show_progress_bar=False,
+        co2_tracker=False,
+        raise_error=True,
+    )
     t0 = time.perf_counter()
     result = mteb.evaluate(model, [task], cache=None, overwrite_strategy="always", **kwargs)
     seconds = time.perf_counter() - t0
     scores = result.task_results[0].scores["test"][0]
-    return {"seconds": seconds, "ndcg_at_10": float(scores["ndcg_at_10"]), "docs": len(data.docs),
-            "queries": len(data.queries), "peer": f"mteb {mteb.__version__} + sentence-transformers", **_process_info()}
+    return {
+        "seconds": seconds,
+        "ndcg_at_10": float(scores["ndcg_at_10"]),
+        "docs": len(data.docs),
+        "queries": len(data.queries),
+        "peer": f"mteb {mteb.__version__} + sentence-transformers",
+        **_process_info(),
+    }
 
 
 def _eval_st_ir(model, data, job: dict) -> dict:
@@ -403,15 +485,25 @@ def _eval_st_ir(model, data, job: dict) -> dict:
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     ev = InformationRetrievalEvaluator(
-        dict(zip(data.query_ids, data.queries)), dict(zip(data.doc_ids, data.docs)),
+        dict(zip(data.query_ids, data.queries)),
+        dict(zip(data.doc_ids, data.docs)),
         {q: {d for d, g in docs.items() if g > 0} for q, docs in data.qrels.items()},
-        ndcg_at_k=[10], batch_size=job["batch"], show_progress_bar=False, name="scifact")
+        ndcg_at_k=[10],
+        batch_size=job["batch"],
+        show_progress_bar=False,
+        name="scifact",
+    )
     t0 = time.perf_counter()
     scores = ev(model)
     seconds = time.perf_counter() - t0
     key = next(k for k in scores if k.endswith("ndcg@10"))
-    return {"seconds": seconds, "ndcg_at_10": float(scores[key]), "docs": len(data.docs), "queries": len(data.queries),
-            "peer": f"sentence-transformers {sentence_transformers.__version__} InformationRetrievalEvaluator (mteb not installed)"}
+    return {
+        "seconds": seconds,
+        "ndcg_at_10": float(scores[key]),
+        "docs": len(data.docs),
+        "queries": len(data.queries),
+        "peer": f"sentence-transformers {sentence_transformers.__version__} InformationRetrievalEvaluator (mteb not installed)",
+    }
 
 
 def quality(job: dict) -> dict:
@@ -419,37 +511,63 @@ def quality(job: dict) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
+    from embedexp.config import container
     from embedexp.data.train_sets import TrainSet
     from embedexp.eval import Evaluator
-    from embedexp.config import container
-    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
+    from embedexp.trainer.config import split_trainer_cfg
 
     rows = json.loads(Path(job["pairs"]).read_text())
-    cfg = _compose([
-        "model=minilm", "loss=infonce", "data=demo", "logger=none",
-        f"trainer={'cpu_bf16' if job['precision'] == 'bf16' else 'cpu'}", "trainer.enable_progress_bar=false",
-        f"model.max_seq_length={job['max_len']}", f"data.batch_size={job['batch']}", f"eval.batch_size={job['eval_batch']}",
-        f"paths.output_dir={job['tmp']}/quality",
-    ])
+    cfg = _compose(
+        [
+            "model=minilm",
+            "loss=infonce",
+            "data=demo",
+            "logger=none",
+            f"trainer={'cpu_bf16' if job['precision'] == 'bf16' else 'cpu'}",
+            "trainer.enable_progress_bar=false",
+            f"model.max_seq_length={job['max_len']}",
+            f"data.batch_size={job['batch']}",
+            f"eval.batch_size={job['eval_batch']}",
+            f"paths.output_dir={job['tmp']}/quality",
+        ]
+    )
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     datamodule = instantiate(cfg.data, seed=cfg.seed)
     datamodule.set_train_set(TrainSet(("anchor", "positive"), ("query", "document"), [tuple(r) for r in rows]))
     encoder = instantiate(cfg.model)
     t0 = time.perf_counter()
-    trainer = _fit(encoder, instantiate(cfg.loss), datamodule, trainer_kwargs, optim_kwargs,
-                   Path(job["tmp"]) / "quality", [], [], checkpoint={"enabled": False})
+    trainer = _fit(
+        encoder,
+        instantiate(cfg.loss),
+        datamodule,
+        trainer_kwargs,
+        optim_kwargs,
+        Path(job["tmp"]) / "quality",
+        [],
+        [],
+        checkpoint={"enabled": False},
+    )
     seconds = time.perf_counter() - t0
     evaluator = Evaluator(**{**container(cfg.eval), "sets": {}, "cache_dir": None, "show_progress": False})
     evaluator.sets = [scifact_test(job["data_root"], job["eval_docs"])]
     metrics = evaluator.evaluate(encoder)
-    return {"ndcg_at_10": metrics["scifact_test/ndcg@10"], "train_seconds": seconds, "steps": trainer.global_step,
-            "rows": len(rows)}
+    return {
+        "ndcg_at_10": metrics["scifact_test/ndcg@10"],
+        "train_seconds": seconds,
+        "steps": trainer.global_step,
+        "rows": len(rows),
+    }
 
 
-WORKERS = {"train_embedexp": train_embedexp, "train_st": train_st, "eval_embedexp": eval_embedexp,
-           "eval_peer": eval_peer, "quality": quality}
+WORKERS = {
+    "train_embedexp": train_embedexp,
+    "train_st": train_st,
+    "eval_embedexp": eval_embedexp,
+    "eval_peer": eval_peer,
+    "quality": quality,
+}
 
 
 def run_worker(kind: str, job: dict) -> dict | None:
@@ -458,8 +576,13 @@ def run_worker(kind: str, job: dict) -> dict | None:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
     env["PYTHONWARNINGS"] = "ignore"
-    proc = subprocess.run([sys.executable, __file__, "--worker", kind, json.dumps(job)], capture_output=True,
-                          text=True, env=env, cwd=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", kind, json.dumps(job)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(ROOT),
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         print(f"  {kind} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
@@ -489,12 +612,18 @@ def machine_info() -> dict:
         mteb_version = "not installed"
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags],
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "flags": [f for f in wanted if f in flags],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(), "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__, "lightning": lightning.__version__,
-        "mteb": mteb_version, "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "lightning": lightning.__version__,
+        "mteb": mteb_version,
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -504,22 +633,44 @@ def part_train(args, tmp: Path) -> dict:
     rows, source = bench_pairs(args.data_root, n)
     pairs = tmp / "pairs.json"
     pairs.write_text(json.dumps(rows))
-    out = {"settings": {"source": source, "max_len": args.train_max_len, "warmup": args.warmup, "steps": args.steps,
-                        "repeats": args.repeats,
-                        "lr": args.lr, "batches": args.batches, "precisions": args.precisions,
-                        "embedexp_overrides": args.embedexp_override}, "runs": {}}
+    out = {
+        "settings": {
+            "source": source,
+            "max_len": args.train_max_len,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "repeats": args.repeats,
+            "lr": args.lr,
+            "batches": args.batches,
+            "precisions": args.precisions,
+            "embedexp_overrides": args.embedexp_override,
+        },
+        "runs": {},
+    }
     for precision in args.precisions:
         for batch in args.batches:
+
             def one(side: str, rep: int) -> dict | None:
-                job = {"pairs": str(pairs), "batch": batch, "precision": precision, "max_len": args.train_max_len,
-                       "warmup": args.warmup, "steps": args.steps, "lr": args.lr,
-                       "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"), "overrides": args.embedexp_override}
+                job = {
+                    "pairs": str(pairs),
+                    "batch": batch,
+                    "precision": precision,
+                    "max_len": args.train_max_len,
+                    "warmup": args.warmup,
+                    "steps": args.steps,
+                    "lr": args.lr,
+                    "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"),
+                    "overrides": args.embedexp_override,
+                }
                 r = run_worker(f"train_{side}", job)
                 if r is not None:
-                    print(f"  train {side:8s} {precision} batch {batch:4d} (run {rep + 1}): {r['pairs_per_s']:7.2f} pairs/s "
-                          f"({r['step_s']:.3f} s/step, {r['achieved_gflops']:.1f} GFLOP/s, CPU share {r['cpu_share']:.2f}), "
-                          f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, probe {r['probe'][0]:.5f} -> "
-                          f"{r['probe'][1]:.5f}", flush=True)
+                    print(
+                        f"  train {side:8s} {precision} batch {batch:4d} (run {rep + 1}): {r['pairs_per_s']:7.2f} pairs/s "
+                        f"({r['step_s']:.3f} s/step, {r['achieved_gflops']:.1f} GFLOP/s, CPU share {r['cpu_share']:.2f}), "
+                        f"loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}, probe {r['probe'][0]:.5f} -> "
+                        f"{r['probe'][1]:.5f}",
+                        flush=True,
+                    )
                 return r
 
             for side, rs in run_alternating(args.repeats, one).items():
@@ -561,23 +712,34 @@ def part_mfu(args) -> dict:
 
 
 def part_eval(args, tmp: Path) -> dict:
-    job = {"data_root": args.data_root, "eval_docs": args.eval_docs, "max_len": args.eval_max_len,
-           "batch": args.eval_batch, "tmp": str(tmp / "eval")}
+    job = {
+        "data_root": args.data_root,
+        "eval_docs": args.eval_docs,
+        "max_len": args.eval_max_len,
+        "batch": args.eval_batch,
+        "tmp": str(tmp / "eval"),
+    }
     out = {"settings": {**{k: job[k] for k in ("eval_docs", "max_len", "batch")}, "repeats": args.repeats}}
     kinds = {"embedexp": "eval_embedexp", "st": "eval_peer"}
 
     def one(side: str, rep: int) -> dict | None:
         r = run_worker(kinds[side], {**job, "tmp": f"{job['tmp']}{rep}"})
         if r is not None:
-            print(f"  {kinds[side]} (run {rep + 1}): {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, "
-                  f"{r['queries']} queries)", flush=True)
+            print(
+                f"  {kinds[side]} (run {rep + 1}): {r['seconds']:.2f} s, nDCG@10 {r['ndcg_at_10']:.5f} ({r['docs']} docs, "
+                f"{r['queries']} queries)",
+                flush=True,
+            )
         return r
 
     for side, rs in run_alternating(args.repeats, one).items():
         kind = kinds[side]
         if rs:
-            out[kind] = {**rs[0], "seconds": statistics.median(r["seconds"] for r in rs),
-                         "repeat_seconds": [r["seconds"] for r in rs]}
+            out[kind] = {
+                **rs[0],
+                "seconds": statistics.median(r["seconds"] for r in rs),
+                "repeat_seconds": [r["seconds"] for r in rs],
+            }
     return out
 
 
@@ -591,14 +753,24 @@ def part_quality(args, tmp: Path) -> dict:
     pairs.write_text(json.dumps(rows))
     out = {"settings": {"rows": len(rows), "batch": 32, "max_len": args.train_max_len, "eval_docs": args.eval_docs}}
     for precision in ("fp32", "bf16"):
-        job = {"pairs": str(pairs), "precision": precision, "batch": 32, "max_len": args.train_max_len,
-               "eval_batch": args.eval_batch, "eval_docs": args.eval_docs, "data_root": args.data_root,
-               "tmp": str(tmp / f"quality{precision}")}
+        job = {
+            "pairs": str(pairs),
+            "precision": precision,
+            "batch": 32,
+            "max_len": args.train_max_len,
+            "eval_batch": args.eval_batch,
+            "eval_docs": args.eval_docs,
+            "data_root": args.data_root,
+            "tmp": str(tmp / f"quality{precision}"),
+        }
         r = run_worker("quality", job)
         if r is not None:
             out[precision] = r
-            print(f"  quality {precision}: nDCG@10 {r['ndcg_at_10']:.5f} after {r['steps']} steps "
-                  f"({r['train_seconds']:.1f} s)", flush=True)
+            print(
+                f"  quality {precision}: nDCG@10 {r['ndcg_at_10']:.5f} after {r['steps']} steps "
+                f"({r['train_seconds']:.1f} s)",
+                flush=True,
+            )
     return out
 
 
@@ -643,14 +815,20 @@ def _yn(r: dict | None) -> str:
 
 def render(res: dict) -> str:
     m = res.get("machine", {})
-    lines = ["# Benchmarks: embedexp vs sentence-transformers / mteb", "",
-             f"Machine: {m.get('cpu')}, {m.get('cores')} cores (flags: {', '.join(m.get('flags', [])) or 'none'}; "
-             f"torch CPU capability {m.get('cpu_capability')}), torch {m.get('torch')} with {m.get('torch_threads')} threads, "
-             f"Python {m.get('python')}, transformers {m.get('transformers')}, sentence-transformers "
-             f"{m.get('sentence_transformers')}, lightning {m.get('lightning')}, mteb {m.get('mteb')}.", "",
-             "Ratio: embedexp speed / peer speed (pairs/s over pairs/s, or peer seconds over embedexp seconds); "
-             "above 1.00x embedexp is faster.", "",
-             "| task | embedexp | peer | ratio | peer settings |", "|---|---:|---:|---:|---|"]
+    lines = [
+        "# Benchmarks: embedexp vs sentence-transformers / mteb",
+        "",
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores (flags: {', '.join(m.get('flags', [])) or 'none'}; "
+        f"torch CPU capability {m.get('cpu_capability')}), torch {m.get('torch')} with {m.get('torch_threads')} threads, "
+        f"Python {m.get('python')}, transformers {m.get('transformers')}, sentence-transformers "
+        f"{m.get('sentence_transformers')}, lightning {m.get('lightning')}, mteb {m.get('mteb')}.",
+        "",
+        "Ratio: embedexp speed / peer speed (pairs/s over pairs/s, or peer seconds over embedexp seconds); "
+        "above 1.00x embedexp is faster.",
+        "",
+        "| task | embedexp | peer | ratio | peer settings |",
+        "|---|---:|---:|---:|---|",
+    ]
     train, mfu, ev = res.get("train"), res.get("mfu"), res.get("eval")
     rates = (mfu or {}).get("matmul_gflops", {})
     if train:
@@ -660,83 +838,131 @@ def render(res: dict) -> str:
                 e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
                 cell = lambda r: f"{r['pairs_per_s']:.2f} pairs/s ({r['step_s']:.2f} s/step)" if r else "failed"  # noqa: E731
                 ratio = f"{e['pairs_per_s'] / p['pairs_per_s']:.2f}x" if e and p else "n/a"
-                peer = (f"SentenceTransformerTrainer + MNRL (scale 20), {p['settings']['optim']}, "
-                        f"bf16={p['settings']['bf16']}, same batches in the same order" if p else "")
-                lines.append(f"| train {precision}, batch {batch}, max len {s['max_len']} | {cell(e)} | {cell(p)} | {ratio} | {peer} |")
+                peer = (
+                    f"SentenceTransformerTrainer + MNRL (scale 20), {p['settings']['optim']}, "
+                    f"bf16={p['settings']['bf16']}, same batches in the same order"
+                    if p
+                    else ""
+                )
+                lines.append(
+                    f"| train {precision}, batch {batch}, max len {s['max_len']} | {cell(e)} | {cell(p)} | {ratio} | {peer} |"
+                )
         if "bf16" in s["precisions"] and "fp32" in s["precisions"]:
             for batch in s["batches"]:
                 e, p = train["runs"].get(f"embedexp/bf16/{batch}"), train["runs"].get(f"st/fp32/{batch}")
                 if e and p:
-                    lines.append(f"| train embedexp bf16 vs peer fp32, batch {batch} | {e['pairs_per_s']:.2f} pairs/s | "
-                                 f"{p['pairs_per_s']:.2f} pairs/s | {e['pairs_per_s'] / p['pairs_per_s']:.2f}x | peer at fp32 |")
+                    lines.append(
+                        f"| train embedexp bf16 vs peer fp32, batch {batch} | {e['pairs_per_s']:.2f} pairs/s | "
+                        f"{p['pairs_per_s']:.2f} pairs/s | {e['pairs_per_s'] / p['pairs_per_s']:.2f}x | peer at fp32 |"
+                    )
         if rates:
             for precision in s["precisions"]:
                 for batch in s["batches"]:
                     e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
                     rate = rates.get(precision)
-                    cell = lambda r: f"{100 * r['achieved_gflops'] / rate:.0f}% ({r['achieved_gflops']:.1f} GFLOP/s)" if r else "n/a"  # noqa: E731
+                    cell = lambda r: (
+                        f"{100 * r['achieved_gflops'] / rate:.0f}% ({r['achieved_gflops']:.1f} GFLOP/s)" if r else "n/a"
+                    )  # noqa: E731
                     ratio = f"{e['achieved_gflops'] / p['achieved_gflops']:.2f}x" if e and p else "n/a"
-                    lines.append(f"| MFU {precision}, batch {batch} ({e['gflop_per_step'] if e else 0:.0f} GFLOP/step) | {cell(e)} | "
-                                 f"{cell(p)} | {ratio} | of the measured {precision} matmul rate {rate:.1f} GFLOP/s |")
+                    lines.append(
+                        f"| MFU {precision}, batch {batch} ({e['gflop_per_step'] if e else 0:.0f} GFLOP/step) | {cell(e)} | "
+                        f"{cell(p)} | {ratio} | of the measured {precision} matmul rate {rate:.1f} GFLOP/s |"
+                    )
     if rates:
-        lines.append(f"| matmul rate, torch.mm 2048x2048 (median of 10) | fp32 {rates['fp32']:.1f} GFLOP/s | "
-                     f"bf16 {rates['bf16']:.1f} GFLOP/s | | measured in this run; bf16/fp32 = {rates['bf16'] / rates['fp32']:.2f}x |")
+        lines.append(
+            f"| matmul rate, torch.mm 2048x2048 (median of 10) | fp32 {rates['fp32']:.1f} GFLOP/s | "
+            f"bf16 {rates['bf16']:.1f} GFLOP/s | | measured in this run; bf16/fp32 = {rates['bf16'] / rates['fp32']:.2f}x |"
+        )
     if ev:
         e, p, s = ev.get("eval_embedexp"), ev.get("eval_peer"), ev["settings"]
         what = f"SciFact test ({e['docs'] if e else '?'} docs, {e['queries'] if e else '?'} queries), batch {s['batch']}, max len {s['max_len']}"
         if e and p:
             agree = abs(e["ndcg_at_10"] - p["ndcg_at_10"])
             runs = lambda r: "/".join(f"{x:.1f}" for x in r.get("repeat_seconds", [r["seconds"]]))  # noqa: E731
-            lines.append(f"| eval {what} | {e['seconds']:.1f} s | {p['seconds']:.1f} s | {p['seconds'] / e['seconds']:.2f}x | "
-                         f"{p['peer']}; nDCG@10 {e['ndcg_at_10']:.5f} vs {p['ndcg_at_10']:.5f} (|diff| {agree:.1e}, "
-                         f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3); median of fresh runs, alternating "
-                         f"order: embedexp {runs(e)} s, peer {runs(p)} s; peak RSS {e.get('peak_rss_mb', 0):.0f} vs "
-                         f"{p.get('peak_rss_mb', 0):.0f} MB; malloc tuning {_yn(e)} / {_yn(p)} |")
+            lines.append(
+                f"| eval {what} | {e['seconds']:.1f} s | {p['seconds']:.1f} s | {p['seconds'] / e['seconds']:.2f}x | "
+                f"{p['peer']}; nDCG@10 {e['ndcg_at_10']:.5f} vs {p['ndcg_at_10']:.5f} (|diff| {agree:.1e}, "
+                f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3); median of fresh runs, alternating "
+                f"order: embedexp {runs(e)} s, peer {runs(p)} s; peak RSS {e.get('peak_rss_mb', 0):.0f} vs "
+                f"{p.get('peak_rss_mb', 0):.0f} MB; malloc tuning {_yn(e)} / {_yn(p)} |"
+            )
         if e:
-            lines.append(f"| eval again, cached base results | {e['cached_seconds']:.3f} s | | | embedexp's eval cache "
-                         f"(model fingerprint + data + metric settings; target < 1 s) |")
+            lines.append(
+                f"| eval again, cached base results | {e['cached_seconds']:.3f} s | | | embedexp's eval cache "
+                f"(model fingerprint + data + metric settings; target < 1 s) |"
+            )
     lines.append("")
     if train:
         s = train["settings"]
-        lines += ["Training sanity, on the same batches: the loss of the first batch with dropout off (fp32), before and "
-                  "after the run (the two frameworks' 'before' must match: same model, data and loss), and the training "
-                  "loss of the first and last step (dropout on, so the two sides differ by dropout noise). CPU share = "
-                  "process CPU time / wall time / torch threads over the timed steps: well below 1 means another "
-                  "process took the cores and the row's timing is not trustworthy (OpenMP threads spin while they wait, "
-                  "so a high share does not prove a quiet machine).", "",
-                  "| run | embedexp probe before -> after | peer probe before -> after | before: abs diff | "
-                  "embedexp step loss first -> last | peer step loss first -> last | Linear output dtype (embedexp / peer) | "
-                  "CPU share (embedexp / peer) | s/step per fresh run (embedexp / peer) | peak RSS MB (embedexp / peer) | "
-                  "malloc tuning (embedexp / peer) |", "|---|---|---|---:|---|---|---|---|---|---|---|"]
+        lines += [
+            "Training sanity, on the same batches: the loss of the first batch with dropout off (fp32), before and "
+            "after the run (the two frameworks' 'before' must match: same model, data and loss), and the training "
+            "loss of the first and last step (dropout on, so the two sides differ by dropout noise). CPU share = "
+            "process CPU time / wall time / torch threads over the timed steps: well below 1 means another "
+            "process took the cores and the row's timing is not trustworthy (OpenMP threads spin while they wait, "
+            "so a high share does not prove a quiet machine).",
+            "",
+            "| run | embedexp probe before -> after | peer probe before -> after | before: abs diff | "
+            "embedexp step loss first -> last | peer step loss first -> last | Linear output dtype (embedexp / peer) | "
+            "CPU share (embedexp / peer) | s/step per fresh run (embedexp / peer) | peak RSS MB (embedexp / peer) | "
+            "malloc tuning (embedexp / peer) |",
+            "|---|---|---|---:|---|---|---|---|---|---|---|",
+        ]
         for key in sorted({k.split("/", 1)[1] for k in train["runs"]}):
             e, p = train["runs"].get(f"embedexp/{key}"), train["runs"].get(f"st/{key}")
-            pr = lambda r: (f"{r['probe'][0]:.5f} -> {r['probe'][1]:.5f} ({'down' if r['probe'][1] < r['probe'][0] else 'NOT down'})"  # noqa: E731
-                            if r else "n/a")
+            pr = lambda r: (
+                f"{r['probe'][0]:.5f} -> {r['probe'][1]:.5f} ({'down' if r['probe'][1] < r['probe'][0] else 'NOT down'})"  # noqa: E731
+                if r
+                else "n/a"
+            )
             st = lambda r: f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}" if r else "n/a"  # noqa: E731
             diff = f"{abs(e['probe'][0] - p['probe'][0]):.1e}" if e and p else "n/a"
             dt = " / ".join(",".join(r.get("matmul_dtype", [])).replace("torch.", "") if r else "n/a" for r in (e, p))
             share = " / ".join(f"{r['cpu_share']:.2f}" if r and "cpu_share" in r else "n/a" for r in (e, p))
-            reps = " / ".join(",".join(f"{x:.2f}" for x in r.get("repeat_step_s", [r["step_s"]])) if r else "n/a" for r in (e, p))
+            reps = " / ".join(
+                ",".join(f"{x:.2f}" for x in r.get("repeat_step_s", [r["step_s"]])) if r else "n/a" for r in (e, p)
+            )
             rss = " / ".join(f"{r.get('peak_rss_mb', 0):.0f}" if r else "n/a" for r in (e, p))
-            lines.append(f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dt} | {share} | "
-                         f"{reps} | {rss} | {_yn(e)} / {_yn(p)} |")
-        lines += ["", f"Training settings: {s['source']}, max length {s['max_len']}, {s['warmup']} warm-up step(s) then "
-                  f"{s['steps']} timed steps per fresh run, {s.get('repeats', 1)} run(s) per side alternating which side "
-                  f"goes first; the median of all timed steps), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
-                  "embedexp: `trainer=cpu` (fp32) / `trainer=cpu_bf16` (bf16 autocast), `loss=infonce`, `model=minilm`"
-                  + (f", overrides {' '.join(s['embedexp_overrides'])}" if s.get("embedexp_overrides") else "") + "."]
+            lines.append(
+                f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dt} | {share} | "
+                f"{reps} | {rss} | {_yn(e)} / {_yn(p)} |"
+            )
+        lines += [
+            "",
+            f"Training settings: {s['source']}, max length {s['max_len']}, {s['warmup']} warm-up step(s) then "
+            f"{s['steps']} timed steps per fresh run, {s.get('repeats', 1)} run(s) per side alternating which side "
+            f"goes first; the median of all timed steps), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
+            "embedexp: `trainer=cpu` (fp32) / `trainer=cpu_bf16` (bf16 autocast), `loss=infonce`, `model=minilm`"
+            + (f", overrides {' '.join(s['embedexp_overrides'])}" if s.get("embedexp_overrides") else "")
+            + ".",
+        ]
     q = res.get("quality")
     if q and "fp32" in q and "bf16" in q:
         d = q["bf16"]["ndcg_at_10"] - q["fp32"]["ndcg_at_10"]
-        lines += ["", "## bf16 fine-tuning quality", "",
-                  f"{q['settings']['rows']} SciFact train pairs, 1 epoch, batch 32, max length {q['settings']['max_len']}; "
-                  f"SciFact test ({q['settings']['eval_docs'] or 'all'} docs) evaluated in fp32.", "",
-                  "| trainer | steps | train s | nDCG@10 |", "|---|---:|---:|---:|",
-                  f"| cpu (fp32) | {q['fp32']['steps']} | {q['fp32']['train_seconds']:.1f} | {q['fp32']['ndcg_at_10']:.4f} |",
-                  f"| cpu_bf16 | {q['bf16']['steps']} | {q['bf16']['train_seconds']:.1f} | {q['bf16']['ndcg_at_10']:.4f} |",
-                  "", f"bf16 - fp32 = {d:+.4f} nDCG@10 ({'within' if abs(d) <= 0.005 else 'OUTSIDE'} 0.005)."]
-    lines += ["", NOTES, "", "Mining and GradCache have their own scripts and tables: [benchmarks_mining.md](benchmarks_mining.md), "
-              "[benchmarks_gradcache.md](benchmarks_gradcache.md).", "", "Runs (one line per part; `--only` reruns a part):", ""]
+        lines += [
+            "",
+            "## bf16 fine-tuning quality",
+            "",
+            f"{q['settings']['rows']} SciFact train pairs, 1 epoch, batch 32, max length {q['settings']['max_len']}; "
+            f"SciFact test ({q['settings']['eval_docs'] or 'all'} docs) evaluated in fp32.",
+            "",
+            "| trainer | steps | train s | nDCG@10 |",
+            "|---|---:|---:|---:|",
+            f"| cpu (fp32) | {q['fp32']['steps']} | {q['fp32']['train_seconds']:.1f} | {q['fp32']['ndcg_at_10']:.4f} |",
+            f"| cpu_bf16 | {q['bf16']['steps']} | {q['bf16']['train_seconds']:.1f} | {q['bf16']['ndcg_at_10']:.4f} |",
+            "",
+            f"bf16 - fp32 = {d:+.4f} nDCG@10 ({'within' if abs(d) <= 0.005 else 'OUTSIDE'} 0.005).",
+        ]
+    lines += [
+        "",
+        NOTES,
+        "",
+        "Mining and GradCache have their own scripts and tables: [benchmarks_mining.md](benchmarks_mining.md), "
+        "[benchmarks_gradcache.md](benchmarks_gradcache.md).",
+        "",
+        "Runs (one line per part; `--only` reruns a part):",
+        "",
+    ]
     for part in ("mfu", "train", "eval", "quality"):
         r = (res.get(part) or {}).get("run")
         if r:
@@ -756,21 +982,34 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny settings to smoke-test the pipeline")
     ap.add_argument("--only", choices=PARTS, nargs="+", help="run these parts; keep the others' rows from --out")
-    ap.add_argument("--quality", action="store_true", help="fp32 vs bf16 fine-tuning quality instead of the speed parts")
+    ap.add_argument(
+        "--quality", action="store_true", help="fp32 vs bf16 fine-tuning quality instead of the speed parts"
+    )
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     ap.add_argument("--train-max-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=2,
-                    help="fresh runs per side and row, alternating which side goes first (default 2)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="fresh runs per side and row, alternating which side goes first (default 2)",
+    )
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--eval-docs", type=int, default=None, help="subsample the SciFact corpus (default: all 5,183)")
     ap.add_argument("--eval-max-len", type=int, default=128)
     ap.add_argument("--eval-batch", type=int, default=64)
-    ap.add_argument("--train-rows", type=int, default=None, help="--quality: first N SciFact train pairs (default: all)")
-    ap.add_argument("--embedexp-override", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra Hydra override for embedexp's training runs (e.g. trainer.deterministic=false)")
+    ap.add_argument(
+        "--train-rows", type=int, default=None, help="--quality: first N SciFact train pairs (default: all)"
+    )
+    ap.add_argument(
+        "--embedexp-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Hydra override for embedexp's training runs (e.g. trainer.deterministic=false)",
+    )
     ap.add_argument("--data-root", default=DEFAULT_DATA)
     ap.add_argument("--out", default=None, help="default docs/benchmarks.md (--quick: outputs/bench_quick.md)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -786,10 +1025,16 @@ def main() -> None:
     out = Path(args.out or ROOT / ("outputs/bench_quick.md" if args.quick else "docs/benchmarks.md"))
     res = load_previous(out) if (args.only or args.quality) else {}
     res["machine"] = machine_info()
-    run = {"command": " ".join(["python scripts/bench.py"] + sys.argv[1:]), "date": res["machine"]["date"],
-           "load_avg": res["machine"]["load_avg"]}
-    print(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']} "
-          f"({res['machine']['torch_threads']} threads), flags {res['machine']['flags']}", flush=True)
+    run = {
+        "command": " ".join(["python scripts/bench.py"] + sys.argv[1:]),
+        "date": res["machine"]["date"],
+        "load_avg": res["machine"]["load_avg"],
+    }
+    print(
+        f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']} "
+        f"({res['machine']['torch_threads']} threads), flags {res['machine']['flags']}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="embedexp-bench-") as tmp:
         if args.quality:
             res["quality"] = {**part_quality(args, Path(tmp)), "run": run}

@@ -68,17 +68,24 @@ def _worker(method: str, batch: int, chunk: int, max_len: int, steps: int, data_
         feats = [enc.tokenize(queries, "query"), enc.tokenize(docs, "document")]
 
         if method == "plain":
+
             def step():
                 loss = loss_fn([enc(f) for f in feats])
                 loss.backward()
                 return float(loss)
         else:
+
             def step():
-                return float(grad_cache_backward(
-                    enc, feats, chunk,
-                    lambda cols: loss_and_embedding_grads(loss_fn, cols, None, {}, True, True, None),
-                    backward=lambda e, g: e.backward(g),
-                ))
+                return float(
+                    grad_cache_backward(
+                        enc,
+                        feats,
+                        chunk,
+                        lambda cols: loss_and_embedding_grads(loss_fn, cols, None, {}, True, True, None),
+                        backward=lambda e, g: e.backward(g),
+                    )
+                )
+
     opt = torch.optim.SGD(params, lr=0.0)
     times, losses = [], []
     for i in range(steps + 1):
@@ -87,8 +94,13 @@ def _worker(method: str, batch: int, chunk: int, max_len: int, steps: int, data_
         opt.zero_grad(set_to_none=True)
         if i > 0:
             times.append(time.perf_counter() - t0)
-    return {"method": method, "batch": batch, "step_s": statistics.median(times), "loss": losses[-1],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "method": method,
+        "batch": batch,
+        "step_s": statistics.median(times),
+        "loss": losses[-1],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main() -> None:
@@ -109,22 +121,34 @@ def main() -> None:
     results = {}
     for batch in args.batches:
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--worker", method, str(batch), str(args.chunk), str(args.max_len),
-                   str(args.steps), args.data_root]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                method,
+                str(batch),
+                str(args.chunk),
+                str(args.max_len),
+                str(args.steps),
+                args.data_root,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{method} batch {batch} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results[(method, batch)] = r
-            print(f"{method:16s} batch {batch:5d}: {r['step_s']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB, loss {r['loss']:.4f}",
-                  flush=True)
+            print(
+                f"{method:16s} batch {batch:5d}: {r['step_s']:.2f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB, loss {r['loss']:.4f}",
+                flush=True,
+            )
     base_mem = results.get(("plain", args.batches[0]), {}).get("peak_rss_mb")
     lines = [
         f"GradCache benchmark: all-MiniLM-L6-v2, max length {args.max_len}, chunk {args.chunk}, fp32, CPU "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), median of {args.steps} steps after 1 warm-up.",
         "",
-        "| batch | plain s/step | embedexp GradCache s/step | ratio | ST CachedMNRL s/step | ratio | plain peak RSS MB | embedexp cached peak RSS MB | ST cached peak RSS MB | embedexp cached RSS / plain@%d |" % args.batches[0],
+        "| batch | plain s/step | embedexp GradCache s/step | ratio | ST CachedMNRL s/step | ratio | plain peak RSS MB | embedexp cached peak RSS MB | ST cached peak RSS MB | embedexp cached RSS / plain@%d |"
+        % args.batches[0],
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b in args.batches:
@@ -133,7 +157,9 @@ def main() -> None:
         ratio = lambda r: f"{r['step_s'] / p['step_s']:.2f}x" if r and p else "n/a"  # noqa: E731
         mem = lambda r: f"{r['peak_rss_mb']:.0f}" if r else "n/a"  # noqa: E731
         rel = f"{c['peak_rss_mb'] / base_mem:.2f}x" if c and base_mem else "n/a"
-        lines.append(f"| {b} | {f(p, 'step_s')} | {f(c, 'step_s')} | {ratio(c)} | {f(s, 'step_s')} | {ratio(s)} | {mem(p)} | {mem(c)} | {mem(s)} | {rel} |")
+        lines.append(
+            f"| {b} | {f(p, 'step_s')} | {f(c, 'step_s')} | {ratio(c)} | {f(s, 'step_s')} | {ratio(s)} | {mem(p)} | {mem(c)} | {mem(s)} | {rel} |"
+        )
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,9 @@ TOKENIZATION_TEXT = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("EMBEDEXP_DATA", str(REPO.parent / "shared" / "data")) + "/scifact")
+    ap.add_argument(
+        "--data", default=os.environ.get("EMBEDEXP_DATA", str(REPO.parent / "shared" / "data")) + "/scifact"
+    )
     ap.add_argument("--split", default="train")
     ap.add_argument("--top-k", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=5, help="runs of the fast path (the median is reported)")
@@ -70,8 +72,11 @@ def main() -> None:
         pairs += [(q_index[qid], doc_index[d]) for d, g in rels.items() if g > 0 and d in doc_index]
     pairs = np.array(sorted(set(pairs)), dtype=np.int64)
     tok = TOKENIZATION[args.tokenization]
-    print(f"{args.data} {args.split}: {len(queries)} queries x {len(docs)} documents, top-{args.top_k}, "
-          f"tokenization={args.tokenization}", flush=True)
+    print(
+        f"{args.data} {args.split}: {len(queries)} queries x {len(docs)} documents, top-{args.top_k}, "
+        f"tokenization={args.tokenization}",
+        flush=True,
+    )
 
     def guide_recipe():
         """The field guide's code, with the miner's tokeniser: BM25Okapi, get_scores, sorted(enumerate(...))."""
@@ -116,12 +121,14 @@ def main() -> None:
 
     n = len(queries)
     same = "yes" if identical else "NO"
-    table = "\n".join([
-        "| path | seconds | queries/s | speed-up | identical top-k |",
-        "| --- | ---: | ---: | ---: | --- |",
-        f"| reference (guide: rank_bm25 get_scores + sorted) | {ref_s:.2f} | {n / ref_s:,.0f} | 1.0x | (baseline) |",
-        f"| fast (embedexp posting matrix, default) | {fast_s:.3f} | {n / fast_s:,.0f} | {ref_s / fast_s:.0f}x | {same} |",
-    ])
+    table = "\n".join(
+        [
+            "| path | seconds | queries/s | speed-up | identical top-k |",
+            "| --- | ---: | ---: | ---: | --- |",
+            f"| reference (guide: rank_bm25 get_scores + sorted) | {ref_s:.2f} | {n / ref_s:,.0f} | 1.0x | (baseline) |",
+            f"| fast (embedexp posting matrix, default) | {fast_s:.3f} | {n / fast_s:,.0f} | {ref_s / fast_s:.0f}x | {same} |",
+        ]
+    )
     print("\n" + table)
     note = f"""# BM25 mining benchmark
 
@@ -135,7 +142,7 @@ def main() -> None:
   building the index, scoring every query against every document, the top-{args.top_k} and the positives' scores.
 - reference = the field guide's code: `BM25Okapi(tokenised docs)`, then per query `get_scores` and
   `sorted(enumerate(scores), key=score, reverse=True)[:{args.top_k}]`.
-  fast = `miner.backend=fast` (default): median of {args.repeats} runs ({', '.join(f'{t:.3f}' for t in fast_times)} s).
+  fast = `miner.backend=fast` (default): median of {args.repeats} runs ({", ".join(f"{t:.3f}" for t in fast_times)} s).
 - The miner's own reference path (`miner.backend=reference`: `get_scores` + a stable `np.argsort`, the same order)
   took {backend_s:.2f} s in this run ({backend_s / fast_s:.0f}x the fast path; identical top-k: {"yes" if backend_same else "NO"}).
 - Tokenisation, the same for both: {args.tokenization} ({TOKENIZATION_TEXT[args.tokenization]}).

@@ -39,14 +39,29 @@ class CaptureStep(L.Callback):
         grads = {n: p.grad.detach().clone() for n, p in pl_module.encoder.named_parameters() if p.grad is not None}
         first = self.micro[0]
         torch.save(
-            {"grads": grads, "rng": first["rng"], "features": first["features"], "micro": self.micro,
-             "dims": self.dims, "allreduce": ALLREDUCE_CALLS["n"]},
+            {
+                "grads": grads,
+                "rng": first["rng"],
+                "features": first["features"],
+                "micro": self.micro,
+                "dims": self.dims,
+                "allreduce": ALLREDUCE_CALLS["n"],
+            },
             Path(self.out_dir) / f"rank{trainer.global_rank}.pt",
         )
 
 
-def run_step(model_dir: str, rows: list[tuple[str, ...]], out_dir: str, devices: int, loss, batch_size: int,
-             grad_cache_chunk: int | None = None, anchor_chunk: int | None = None, accumulate: int = 1) -> None:
+def run_step(
+    model_dir: str,
+    rows: list[tuple[str, ...]],
+    out_dir: str,
+    devices: int,
+    loss,
+    batch_size: int,
+    grad_cache_chunk: int | None = None,
+    anchor_chunk: int | None = None,
+    accumulate: int = 1,
+) -> None:
     """One optimiser update over `accumulate` micro-batches of `batch_size` rows per rank (rows in order)."""
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -58,21 +73,38 @@ def run_step(model_dir: str, rows: list[tuple[str, ...]], out_dir: str, devices:
     encoder = Encoder(model_dir, max_seq_length=32)
     n_cols = len(rows[0])
     dm = EmbeddingDataModule(train={"format": "beir", "root": "unused"}, batch_size=batch_size, shuffle=False)
-    dm.set_train_set(TrainSet(
-        ("anchor", "positive") + tuple(f"negative_{i + 1}" for i in range(n_cols - 2)),
-        ("query",) + ("document",) * (n_cols - 1),
-        rows,
-    ))
+    dm.set_train_set(
+        TrainSet(
+            ("anchor", "positive") + tuple(f"negative_{i + 1}" for i in range(n_cols - 2)),
+            ("query",) + ("document",) * (n_cols - 1),
+            rows,
+        )
+    )
     dm.set_tokenizer(encoder.tokenize)
     gc = {"chunk_size": grad_cache_chunk, "anchor_chunk_size": anchor_chunk} if grad_cache_chunk else None
-    module = EmbeddingModule(encoder, loss, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, grad_cache=gc,
-                             accumulate_grad_batches=accumulate if gc else 1)
+    module = EmbeddingModule(
+        encoder,
+        loss,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.0,
+        grad_cache=gc,
+        accumulate_grad_batches=accumulate if gc else 1,
+    )
     strategy = "auto"
     if devices > 1:
         strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True, process_group_backend="gloo")
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[CaptureStep(out_dir)], use_distributed_sampler=True, accumulate_grad_batches=1 if gc else accumulate,
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[CaptureStep(out_dir)],
+        use_distributed_sampler=True,
+        accumulate_grad_batches=1 if gc else accumulate,
     )
     trainer.fit(module, datamodule=dm)

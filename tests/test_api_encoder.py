@@ -10,14 +10,16 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from embedexp.cli import find_user_error
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError, ModelError
 from embedexp.models import Encoder
 from embedexp.models.api import APIEncoder, check_trainable
-from embedexp.cli import find_user_error
 
 KEY = "sk-test-NEVER-PRINT-ME-123"
-TEXTS = [f"sentence number {i} about {w}" for i, w in enumerate(["tides", "bread", "orbits", "cats", "rain", "jazz", "salt"])]
+TEXTS = [
+    f"sentence number {i} about {w}" for i, w in enumerate(["tides", "bread", "orbits", "cats", "rain", "jazz", "salt"])
+]
 
 
 class FakeAPI:
@@ -54,7 +56,9 @@ class FakeAPI:
                     return self._reply(api.fail_next.pop(0), {"error": {"message": "slow down"}}, {"Retry-After": "0"})
                 emb = api.encoder.encode(body["input"], body.get("input_type", "document"))
                 data = [{"object": "embedding", "index": i, "embedding": e.tolist()} for i, e in enumerate(emb)]
-                self._reply(200, {"object": "list", "data": data[::-1], "model": body["model"]})  # order by index, not position
+                self._reply(
+                    200, {"object": "list", "data": data[::-1], "model": body["model"]}
+                )  # order by index, not position
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -92,7 +96,9 @@ def test_embeddings_equal_the_local_model(api, key, tiny_model_dir):
     torch.testing.assert_close(remote, local, atol=1e-5, rtol=1e-5)
     assert remote.dtype == torch.float32 and remote.shape == (len(TEXTS), 32)
     req = api.requests[-1]
-    assert req["model"] == "tiny-remote" and req["input"] == TEXTS and "input_type" not in req and "dimensions" not in req
+    assert (
+        req["model"] == "tiny-remote" and req["input"] == TEXTS and "input_type" not in req and "dimensions" not in req
+    )
 
 
 def test_input_type_field_voyage_style(api, key, tiny_model_dir):
@@ -210,15 +216,27 @@ def test_presets_instantiate_against_the_local_server(api, key, monkeypatch, tin
     monkeypatch.setenv("VOYAGE_API_KEY", KEY)
     register_resolvers()
     with initialize_config_dir(config_dir=str(Path(config_dir())), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=["model=voyage_api", f"model.base_url={api.url}",
-                                                         "model.expected_dim=32", "paths.output_dir=/tmp/x"])
+        cfg = compose(
+            config_name="evaluate",
+            overrides=[
+                "model=voyage_api",
+                f"model.base_url={api.url}",
+                "model.expected_dim=32",
+                "paths.output_dir=/tmp/x",
+            ],
+        )
     enc = instantiate(cfg.model)
     assert isinstance(enc, APIEncoder) and enc.input_type_field == "input_type"
     local = Encoder(str(tiny_model_dir), query_prefix="query: ")
     torch.testing.assert_close(enc.encode(TEXTS[:2], "query"), local.encode(TEXTS[:2], "query"), atol=1e-5, rtol=1e-5)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with initialize_config_dir(config_dir=str(Path(config_dir())), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=["model=openai_api", f"model.base_url={api.url}", "paths.output_dir=/tmp/x"])
+        cfg = compose(
+            config_name="evaluate",
+            overrides=["model=openai_api", f"model.base_url={api.url}", "paths.output_dir=/tmp/x"],
+        )
     with pytest.raises(Exception) as info:
         instantiate(cfg.model)
-    assert isinstance(find_user_error(info.value), ConfigError) and "OPENAI_API_KEY is not set" in str(find_user_error(info.value))
+    assert isinstance(find_user_error(info.value), ConfigError) and "OPENAI_API_KEY is not set" in str(
+        find_user_error(info.value)
+    )

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from embedexp.cli import check_overrides
 from embedexp.config import register_resolvers
 from embedexp.errors import ConfigError
+
+from conftest import REPO
 
 PREFIX = "embedexp: error: "
 
@@ -65,9 +66,22 @@ def _user_conf(tmp_path: Path) -> Path:
 def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     out = tmp_path / "out"
     return subprocess.run(
-        [sys.executable, "-m", "embedexp.train", *args, "experiment=demo_tiny", f"hydra.run.dir={out}",
-         f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_steps=1", "eval.sets={}", "logger=none"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "embedexp.train",
+            *args,
+            "experiment=demo_tiny",
+            f"hydra.run.dir={out}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "trainer.max_steps=1",
+            "eval.sets={}",
+            "logger=none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path / "userloss")},
     )
 
@@ -86,7 +100,7 @@ def test_config_dir_typo_names_the_option_found_there(tmp_path):
     conf = _user_conf(tmp_path)
     proc = _train(tmp_path, f"--config-dir={conf}", "data=my_prest")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    line = proc.stderr[proc.stderr.index(PREFIX):]
+    line = proc.stderr[proc.stderr.index(PREFIX) :]
     assert line.count("\n") == 1 and "Traceback" not in proc.stderr
     assert line.startswith(f"{PREFIX}data=my_prest: no such option in config group data; did you mean data=my_preset?")
     assert not (tmp_path / "out" / "results.json").exists()
@@ -96,12 +110,12 @@ def test_searchpath_typo_names_closest_in_process(tmp_path):
     conf = _user_conf(tmp_path)
     register_resolvers()
     check_overrides("train", [f"hydra.searchpath=[file://{conf}]", "data=my_preset"])  # composes: no error
-    with pytest.raises(ConfigError, match=r"^data=my_prset: no such option in config group data; did you mean data=my_preset\?"):
+    with pytest.raises(
+        ConfigError, match=r"^data=my_prset: no such option in config group data; did you mean data=my_preset\?"
+    ):
         check_overrides("train", [f"hydra.searchpath=[file://{conf}]", "data=my_prset"])
     with pytest.raises(ConfigError, match=r"^data=my_preset: no such option in config group data"):
         check_overrides("train", ["data=my_preset"])  # without the search path it really is not there
-
-
 
 
 def _compose_with(conf: Path, *overrides: str):
@@ -111,7 +125,9 @@ def _compose_with(conf: Path, *overrides: str):
 
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"hydra.searchpath=[file://{conf}]", "experiment=demo_tiny", *overrides])
+        return compose(
+            config_name="train", overrides=[f"hydra.searchpath=[file://{conf}]", "experiment=demo_tiny", *overrides]
+        )
 
 
 def test_new_loss_checked_by_its_own_constructor(tmp_path, monkeypatch):
@@ -122,11 +138,21 @@ def test_new_loss_checked_by_its_own_constructor(tmp_path, monkeypatch):
     validate_config(_compose_with(conf, "loss=centroid"), "train")
     with pytest.raises(ConfigError, match=r"^loss.weight=-1; expected a number > 0$"):
         validate_config(_compose_with(conf, "loss=centroid", "loss.weight=-1"), "train")
-    with pytest.raises(ConfigError, match=r"^loss.wieght is not an argument of CentroidLoss; did you mean loss.weight\?"):
+    with pytest.raises(
+        ConfigError, match=r"^loss.wieght is not an argument of CentroidLoss; did you mean loss.weight\?"
+    ):
         validate_config(_compose_with(conf, "loss=centroid", "+loss.wieght=2"), "train")
     with pytest.raises(ConfigError, match=r"^pretrain.loss.weight=0; expected a number > 0$"):  # the key the user wrote
-        validate_config(_compose_with(conf, "loss=centroid", "+pretrain.loss._target_=centroid_loss.CentroidLoss",
-                                      "+pretrain.loss.weight=0", "+pretrain.data=${data}"), "train")
+        validate_config(
+            _compose_with(
+                conf,
+                "loss=centroid",
+                "+pretrain.loss._target_=centroid_loss.CentroidLoss",
+                "+pretrain.loss.weight=0",
+                "+pretrain.data=${data}",
+            ),
+            "train",
+        )
 
 
 def test_config_checks_need_no_weights(tmp_path, monkeypatch):
@@ -143,8 +169,16 @@ def test_config_checks_need_no_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(encoder.Encoder, "__init__", boom)
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=demo_tiny", "loss=gist", "model@loss.guide=tiny",
-                                                      "loss.margin_strategy=relative", "loss.margin=1.5",
-                                                      f"paths.output_dir={tmp_path}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "experiment=demo_tiny",
+                "loss=gist",
+                "model@loss.guide=tiny",
+                "loss.margin_strategy=relative",
+                "loss.margin=1.5",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     with pytest.raises(ConfigError, match=r"^loss.margin=1.5; expected a number in \[0, 1.0\]"):
         validate_config(cfg, "train")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, write_beir
 from embedexp.config import config_dir, register_resolvers
+
+from conftest import REPO, write_beir
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def test_cpu_bf16_preset_is_cpu_with_bf16_autocast():
     cpu, bf16 = _cfg("trainer=cpu").trainer, _cfg("trainer=cpu_bf16").trainer
     assert bf16.precision == "bf16-mixed" and bf16.name == "cpu_bf16"
     assert {k: v for k, v in bf16.items() if k not in ("precision", "name")} == {
-        k: v for k, v in cpu.items() if k not in ("precision", "name")}
+        k: v for k, v in cpu.items() if k not in ("precision", "name")
+    }
 
 
 def test_optimizer_is_fused_and_steps_like_plain_adamw(tiny_model_dir):
@@ -68,9 +70,14 @@ def test_optimizer_is_fused_and_steps_like_plain_adamw(tiny_model_dir):
     params = [p for g in opt.param_groups for p in g["params"]]
     ref_params = [p.detach().clone().requires_grad_(True) for p in params]
     ref = torch.optim.AdamW(
-        [{"params": ref_params[: len(opt.param_groups[0]["params"])], "weight_decay": 0.1},
-         {"params": ref_params[len(opt.param_groups[0]["params"]):], "weight_decay": 0.0}],
-        lr=1e-3, foreach=False, fused=False)
+        [
+            {"params": ref_params[: len(opt.param_groups[0]["params"])], "weight_decay": 0.1},
+            {"params": ref_params[len(opt.param_groups[0]["params"]) :], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+        foreach=False,
+        fused=False,
+    )
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
         for p, r in zip(params, ref_params):
@@ -99,7 +106,9 @@ def test_cpu_training_uses_eager_attention_and_inference_sdpa(tiny_model_dir):
     assert enc.backbone.config._attn_implementation == "sdpa" and enc.training
     ref = AutoModel.from_pretrained(str(tiny_model_dir)).eval()  # an untouched SDPA model as the reference
     with torch.no_grad():
-        want = torch.nn.functional.normalize(pool(ref(**feats).last_hidden_state, feats["attention_mask"], "mean"), dim=-1)
+        want = torch.nn.functional.normalize(
+            pool(ref(**feats).last_hidden_state, feats["attention_mask"], "mean"), dim=-1
+        )
     assert torch.allclose(got, want, atol=1e-6)
     enc.eval()
     with torch.no_grad():
@@ -113,11 +122,18 @@ def test_bf16_fit_with_clipping_runs_through_lightning(tmp_path, isolated_cache,
     """Lightning refuses to clip gradients for optimisers that unscale in step() (fused AdamW) unless told otherwise."""
     from hydra.utils import instantiate
 
-    from embedexp.trainer.config import split_trainer_cfg
     from embedexp.train import _fit
+    from embedexp.trainer.config import split_trainer_cfg
 
-    cfg = _cfg("experiment=demo_tiny", "trainer=cpu_bf16", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-               "trainer.gradient_clip_val=0.5", f"paths.output_dir={tmp_path}", *extra)
+    cfg = _cfg(
+        "experiment=demo_tiny",
+        "trainer=cpu_bf16",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.gradient_clip_val=0.5",
+        f"paths.output_dir={tmp_path}",
+        *extra,
+    )
     assert cfg.trainer.deterministic is True
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     encoder = instantiate(cfg.model)
@@ -125,8 +141,17 @@ def test_bf16_fit_with_clipping_runs_through_lightning(tmp_path, isolated_cache,
     datamodule = instantiate(cfg.data, seed=0)
     fill = torch.utils.deterministic.fill_uninitialized_memory
     try:
-        trainer = _fit(encoder, instantiate(cfg.loss), datamodule, trainer_kwargs, optim_kwargs, tmp_path, [], [],
-                       checkpoint={"enabled": False})
+        trainer = _fit(
+            encoder,
+            instantiate(cfg.loss),
+            datamodule,
+            trainer_kwargs,
+            optim_kwargs,
+            tmp_path,
+            [],
+            [],
+            checkpoint={"enabled": False},
+        )
         assert torch.utils.deterministic.fill_uninitialized_memory is False
     finally:
         torch.utils.deterministic.fill_uninitialized_memory = fill
@@ -148,21 +173,47 @@ def test_eval_subsample_keeps_every_relevant_document(bench, tmp_path):
 
 
 def test_report_ratios_and_results_round_trip(bench, tmp_path):
-    run = lambda pps, gflops: {"pairs_per_s": pps, "step_s": 32 / pps, "achieved_gflops": gflops,  # noqa: E731
-                               "gflop_per_step": 100.0, "losses": [0.5, 0.4], "probe": [0.3, 0.1],
-                               "settings": {"optim": "adamw_torch_fused", "bf16": False}}
+    run = lambda pps, gflops: {
+        "pairs_per_s": pps,
+        "step_s": 32 / pps,
+        "achieved_gflops": gflops,  # noqa: E731
+        "gflop_per_step": 100.0,
+        "losses": [0.5, 0.4],
+        "probe": [0.3, 0.1],
+        "settings": {"optim": "adamw_torch_fused", "bf16": False},
+    }
     res = {
         "machine": {"cpu": "Test CPU", "cores": 2, "flags": ["avx512_bf16"]},
-        "train": {"settings": {"source": "x", "max_len": 128, "warmup": 1, "steps": 3, "lr": 5e-5, "batches": [32],
-                               "precisions": ["fp32"]},
-                  "runs": {"embedexp/fp32/32": run(8.0, 60.0), "st/fp32/32": run(4.0, 30.0)}},
+        "train": {
+            "settings": {
+                "source": "x",
+                "max_len": 128,
+                "warmup": 1,
+                "steps": 3,
+                "lr": 5e-5,
+                "batches": [32],
+                "precisions": ["fp32"],
+            },
+            "runs": {"embedexp/fp32/32": run(8.0, 60.0), "st/fp32/32": run(4.0, 30.0)},
+        },
         "mfu": {"matmul_gflops": {"fp32": 120.0, "bf16": 240.0}},
-        "eval": {"settings": {"eval_docs": None, "max_len": 128, "batch": 64},
-                 "eval_embedexp": {"seconds": 50.0, "cached_seconds": 0.2, "ndcg_at_10": 0.6451, "docs": 5183, "queries": 300},
-                 "eval_peer": {"seconds": 60.0, "ndcg_at_10": 0.6452, "docs": 5183, "queries": 300, "peer": "mteb"}},
+        "eval": {
+            "settings": {"eval_docs": None, "max_len": 128, "batch": 64},
+            "eval_embedexp": {
+                "seconds": 50.0,
+                "cached_seconds": 0.2,
+                "ndcg_at_10": 0.6451,
+                "docs": 5183,
+                "queries": 300,
+            },
+            "eval_peer": {"seconds": 60.0, "ndcg_at_10": 0.6452, "docs": 5183, "queries": 300, "peer": "mteb"},
+        },
     }
     text = bench.render(res)
-    assert "| train fp32, batch 32, max len 128 | 8.00 pairs/s (4.00 s/step) | 4.00 pairs/s (8.00 s/step) | 2.00x |" in text
+    assert (
+        "| train fp32, batch 32, max len 128 | 8.00 pairs/s (4.00 s/step) | 4.00 pairs/s (8.00 s/step) | 2.00x |"
+        in text
+    )
     assert "| 50% (60.0 GFLOP/s) | 25% (30.0 GFLOP/s) | 2.00x |" in text
     assert "| 50.0 s | 60.0 s | 1.20x |" in text and "agree within 1e-3" in text
     out = tmp_path / "benchmarks.md"

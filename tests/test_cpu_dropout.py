@@ -63,8 +63,10 @@ def test_eval_mode_and_p_zero_are_identity():
 def test_attention_equals_transformers_eager_without_dropout(tiny_model_dir):
     from transformers import AutoModel
 
-    feats = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]]),
-             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])}
+    feats = {
+        "input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]]),
+    }
     ref = AutoModel.from_pretrained(str(tiny_model_dir), attn_implementation="eager").eval()
     ours = AutoModel.from_pretrained(str(tiny_model_dir)).eval()
     cpu_dropout.register_attention()

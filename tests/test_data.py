@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from conftest import DEMO, write_beir
 from embedexp.data.readers import load_qrels
 from embedexp.data.train_sets import build_train_set
 from embedexp.errors import ConfigError, DataError
 from embedexp.miners import RandomNegativeMiner
+
+from conftest import DEMO, write_beir
 
 
 def test_beir_pairs_are_query_and_title_plus_text():
@@ -16,7 +17,9 @@ def test_beir_pairs_are_query_and_title_plus_text():
     qrels = load_qrels(DEMO, "train")
     assert len(ts) == sum(1 for docs in qrels.values() for g in docs.values() if g > 0)
     corpus = {json.loads(line)["_id"]: json.loads(line) for line in (DEMO / "corpus.jsonl").read_text().splitlines()}
-    queries = {json.loads(line)["_id"]: json.loads(line)["text"] for line in (DEMO / "queries.jsonl").read_text().splitlines()}
+    queries = {
+        json.loads(line)["_id"]: json.loads(line)["text"] for line in (DEMO / "queries.jsonl").read_text().splitlines()
+    }
     qid = ts.query_ids[0]
     did = next(d for d in qrels[qid])
     assert ts.rows[0] == (queries[qid], (corpus[did]["title"] + " " + corpus[did]["text"]).strip())
@@ -55,7 +58,12 @@ def test_sentences_rows_are_damaged_original_and_deterministic(tmp_path):
 
 
 def test_sentence_split_of_corpus(tmp_path):
-    root = write_beir(tmp_path / "b", {"d1": ("T", "First sentence is here. Second one follows here! Third?")}, {"q": "x"}, {"q": {"d1": 1}})
+    root = write_beir(
+        tmp_path / "b",
+        {"d1": ("T", "First sentence is here. Second one follows here! Third?")},
+        {"q": "x"},
+        {"q": {"d1": 1}},
+    )
     ts = build_train_set({"format": "sentences", "root": str(root), "unit": "sentence", "min_words": 1})
     assert [r[0] for r in ts.rows] == ["T First sentence is here.", "Second one follows here!", "Third?"]
 
@@ -113,28 +121,51 @@ def _jsonl_cases(tmp_path):
 
     good_docs = ['{"_id": "d1", "title": "T", "text": "cats purr"}', '{"_id": "d2", "title": "", "text": "dogs bark"}']
     cases = []
-    for field, row in (("text", f'{{"_id": "d3", "title": "", "text": "bad {LONE} text"}}'),
-                       ("title", f'{{"_id": "d3", "title": "bad {LONE}", "text": "ok text"}}')):
+    for field, row in (
+        ("text", f'{{"_id": "d3", "title": "", "text": "bad {LONE} text"}}'),
+        ("title", f'{{"_id": "d3", "title": "bad {LONE}", "text": "ok text"}}'),
+    ):
         root = tmp_path / f"corpus_{field}"
         write_beir(root, {"x": ("", "y")}, {"q1": "what purrs"}, {"q1": {"x": 1}})
         (root / "corpus.jsonl").write_text("\n".join([good_docs[0], row, good_docs[1]]) + "\n")
-        cases.append((f"corpus {field}", lambda on_error, r=root: [t for d in load_corpus(r, on_error).values()
-                                                                   for t in (d["title"], d["text"])],
-                      root / "corpus.jsonl", 2))
+        cases.append(
+            (
+                f"corpus {field}",
+                lambda on_error, r=root: [
+                    t for d in load_corpus(r, on_error).values() for t in (d["title"], d["text"])
+                ],
+                root / "corpus.jsonl",
+                2,
+            )
+        )
     root = tmp_path / "queries"
     write_beir(root, {"x": ("", "y")}, {"q1": "a"}, {"q1": {"x": 1}})
     (root / "queries.jsonl").write_text(f'{{"_id": "q1", "text": "what purrs"}}\n{{"_id": "q2", "text": "{LONE}"}}\n')
-    cases.append(("queries", lambda on_error, r=root: list(load_queries(r, on_error).values()), root / "queries.jsonl", 2))
-    for field, row in (("anchor", f'{{"anchor": "a {LONE}", "positive": "p", "negatives": ["n"]}}'),
-                       ("positive", f'{{"query": "a", "positive": "{LONE}p", "negatives": ["n"]}}'),
-                       ("negatives", f'{{"anchor": "a", "positive": "p", "negatives": ["n{LONE}"]}}')):
+    cases.append(
+        ("queries", lambda on_error, r=root: list(load_queries(r, on_error).values()), root / "queries.jsonl", 2)
+    )
+    for field, row in (
+        ("anchor", f'{{"anchor": "a {LONE}", "positive": "p", "negatives": ["n"]}}'),
+        ("positive", f'{{"query": "a", "positive": "{LONE}p", "negatives": ["n"]}}'),
+        ("negatives", f'{{"anchor": "a", "positive": "p", "negatives": ["n{LONE}"]}}'),
+    ):
         p = tmp_path / f"pairs_{field}.jsonl"
         p.write_text('{"anchor": "a cat", "positive": "a kitten", "negatives": ["a car"]}\n' + row + "\n")
         cases.append((f"pairs {field}", lambda on_error, p=p: [t for r in load_pairs(p, on_error) for t in r], p, 2))
     p = tmp_path / "labeled.jsonl"
     p.write_text(f'{{"text_a": "a", "text_b": "b", "label": 1}}\n{{"text_a": "{LONE}", "text_b": "b", "label": 0}}\n')
-    cases.append(("labeled pairs", lambda on_error, p=p: [t for r in build_train_set(
-        {"format": "labeled_pairs", "path": str(p), "on_error": on_error}).rows for t in r], p, 2))
+    cases.append(
+        (
+            "labeled pairs",
+            lambda on_error, p=p: [
+                t
+                for r in build_train_set({"format": "labeled_pairs", "path": str(p), "on_error": on_error}).rows
+                for t in r
+            ],
+            p,
+            2,
+        )
+    )
     return cases
 
 
@@ -180,11 +211,14 @@ def test_surrogate_bytes_in_tsv_and_text_files_are_bad_rows(tmp_path):
 
 
 def test_sentences_from_a_beir_corpus_skip_lone_surrogates(tmp_path):
-    root = write_beir(tmp_path / "b", {"d1": ("T", "First sentence is here. Second one follows here!")},
-                      {"q": "x"}, {"q": {"d1": 1}})
+    root = write_beir(
+        tmp_path / "b", {"d1": ("T", "First sentence is here. Second one follows here!")}, {"q": "x"}, {"q": {"d1": 1}}
+    )
     with open(root / "corpus.jsonl", "a") as f:
         f.write(f'{{"_id": "d2", "title": "", "text": "Broken {LONE} sentence here."}}\n')
     with pytest.raises(DataError, match=r"corpus\.jsonl: line 2: .*surrogate"):
         build_train_set({"format": "sentences", "root": str(root), "unit": "sentence", "min_words": 1})
-    ts = build_train_set({"format": "sentences", "root": str(root), "unit": "sentence", "min_words": 1, "on_error": "skip"})
+    ts = build_train_set(
+        {"format": "sentences", "root": str(root), "unit": "sentence", "min_words": 1, "on_error": "skip"}
+    )
     assert [r[0] for r in ts.rows] == ["T First sentence is here.", "Second one follows here!"]

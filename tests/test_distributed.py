@@ -6,7 +6,6 @@ reference is plain autograd in this process: the same model, every rank's rows c
 same RNG state per rank (so dropout masks match), one loss, one backward.
 """
 
-
 import pytest
 import torch
 
@@ -83,10 +82,20 @@ def test_step_gradient_equals_single_process_big_batch(case, tiny_model_dir, tmp
     devices, batch, chunk, anchor_chunk, matryoshka, n_dims, accumulate = CASES[case]
     loss = InfoNCELoss(symmetric=True)
     if matryoshka:
-        loss = MatryoshkaLoss(InfoNCELoss(symmetric=True), dims=[32, 16, 8, 4], weights=[1.0, 0.5, 0.25, 0.125],
-                              n_dims_per_step=n_dims)
-    run_step(str(tiny_model_dir), _rows(devices * batch * accumulate), str(tmp_path), devices, loss, batch, chunk,
-             anchor_chunk, accumulate)
+        loss = MatryoshkaLoss(
+            InfoNCELoss(symmetric=True), dims=[32, 16, 8, 4], weights=[1.0, 0.5, 0.25, 0.125], n_dims_per_step=n_dims
+        )
+    run_step(
+        str(tiny_model_dir),
+        _rows(devices * batch * accumulate),
+        str(tmp_path),
+        devices,
+        loss,
+        batch,
+        chunk,
+        anchor_chunk,
+        accumulate,
+    )
     captures = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(devices)]
     assert all(len(c["micro"]) == accumulate for c in captures)
     assert all(m["features"][0]["input_ids"].shape[0] == batch for c in captures for m in c["micro"])
@@ -105,8 +114,9 @@ def test_step_gradient_equals_single_process_big_batch(case, tiny_model_dir, tmp
     # dropout really was on: the reference without the recorded RNG differs
     torch.manual_seed(12345)
     other_rng = torch.get_rng_state()
-    other = _reference_grads(tiny_model_dir, [{**c, "micro": [{**m, "rng": other_rng} for m in c["micro"]]}
-                                              for c in captures], loss, chunk)
+    other = _reference_grads(
+        tiny_model_dir, [{**c, "micro": [{**m, "rng": other_rng} for m in c["micro"]]} for c in captures], loss, chunk
+    )
     assert _rel_err(other, ref) > 1e-3
 
 

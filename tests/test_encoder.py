@@ -63,8 +63,14 @@ def test_encode_order_and_batching_independent(tiny_model_dir):
 def test_export_roundtrip_sentence_transformers(tmp_path, tiny_model_dir, pooling, normalize):
     from sentence_transformers import SentenceTransformer
 
-    enc = Encoder(str(tiny_model_dir), pooling=pooling, normalize=normalize, max_seq_length=32,
-                  query_prefix="query: ", document_prefix="passage: ")
+    enc = Encoder(
+        str(tiny_model_dir),
+        pooling=pooling,
+        normalize=normalize,
+        max_seq_length=32,
+        query_prefix="query: ",
+        document_prefix="passage: ",
+    )
     path = enc.save(tmp_path / "exported")
     st = SentenceTransformer(str(path), device="cpu")
     ours_q = enc.encode(TEXTS, "query")

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+from embedexp.cli import one_line_errors
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError
 from embedexp.models import Encoder
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.tiny import build_tiny_decoder
-from embedexp.cli import one_line_errors
 
 PREFIX = "embedexp: error: "
 TEXTS = ["what causes tides", "the moon's gravity pulls the oceans.", "a b", "knead the dough, then let it rest!"]
@@ -59,14 +59,25 @@ def test_unnormalised_export_scores_like_embedexp(tmp_path, tiny_model_dir):
 
     st = SentenceTransformer(str(enc.save(tmp_path / "model")), device="cpu")
     assert st.similarity_fn_name == "cosine"
-    theirs = st.similarity(st.encode([queries[i] for i in q_ids], convert_to_tensor=True),
-                           st.encode([corpus[i] for i in d_ids], convert_to_tensor=True))
+    theirs = st.similarity(
+        st.encode([queries[i] for i in q_ids], convert_to_tensor=True),
+        st.encode([corpus[i] for i in d_ids], convert_to_tensor=True),
+    )
     torch.testing.assert_close(theirs.gather(1, ours_idx), ours_scores, atol=1e-5, rtol=1e-5)
 
     ours = ir_metrics(retrieve(q_ids, q, d_ids, d, 10), qrels, ndcg_at=[10])["ndcg@10"]
-    ev = InformationRetrievalEvaluator(queries, corpus, {k: set(v) for k, v in qrels.items()}, name="t",
-                                       ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[10],
-                                       map_at_k=[10], show_progress_bar=False)
+    ev = InformationRetrievalEvaluator(
+        queries,
+        corpus,
+        {k: set(v) for k, v in qrels.items()},
+        name="t",
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[10],
+        map_at_k=[10],
+        show_progress_bar=False,
+    )
     res = ev(st)
     assert res["t_cosine_ndcg@10"] == pytest.approx(ours, abs=1e-6)
 
@@ -75,8 +86,15 @@ def test_unnormalised_export_scores_like_embedexp(tmp_path, tiny_model_dir):
 def _compose_train(tmp_path: Path, overrides):
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(config_name="train", overrides=["experiment=demo_tiny", f"paths.output_dir={tmp_path / 'out'}",
-                                                       f"paths.cache_dir={tmp_path / 'cache'}", *overrides])
+        return compose(
+            config_name="train",
+            overrides=[
+                "experiment=demo_tiny",
+                f"paths.output_dir={tmp_path / 'out'}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                *overrides,
+            ],
+        )
 
 
 def _no_weight_loading(monkeypatch) -> list:
@@ -105,9 +123,11 @@ def test_train_refuses_max_seq_length_above_positions_before_loading_weights(tmp
         one_line_errors(train)(cfg)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.count(PREFIX) == 1 and err[err.index(PREFIX):].count("\n") == 1, err[-2000:]
-    line = err[err.index(PREFIX) + len(PREFIX):].strip()
-    assert line.startswith("model.max_seq_length=1024 exceeds the model's limit of 512 tokens (max_position_embeddings=512 in ")
+    assert err.count(PREFIX) == 1 and err[err.index(PREFIX) :].count("\n") == 1, err[-2000:]
+    line = err[err.index(PREFIX) + len(PREFIX) :].strip()
+    assert line.startswith(
+        "model.max_seq_length=1024 exceeds the model's limit of 512 tokens (max_position_embeddings=512 in "
+    )
     assert line.endswith("; expected at most 512")
     assert calls == []  # refused before any weights load
     assert not (tmp_path / "out" / "results.json").exists()
@@ -121,17 +141,27 @@ def test_encoder_from_python_refuses_too_long(tiny_model_dir, monkeypatch):
     assert Encoder(str(tiny_model_dir), max_seq_length=512).max_seq_length == 512
 
 
-@pytest.mark.parametrize("family, config_cls, model_cls, positions, pad", [
-    ("bert", "BertConfig", "BertModel", 512, 0),
-    ("xlm-roberta", "XLMRobertaConfig", "XLMRobertaModel", 514, 1),   # XLM-R: 514 positions, 512 usable
-    ("roberta", "RobertaConfig", "RobertaModel", 20, 3),
-])
+@pytest.mark.parametrize(
+    "family, config_cls, model_cls, positions, pad",
+    [
+        ("bert", "BertConfig", "BertModel", 512, 0),
+        ("xlm-roberta", "XLMRobertaConfig", "XLMRobertaModel", 514, 1),  # XLM-R: 514 positions, 512 usable
+        ("roberta", "RobertaConfig", "RobertaModel", 20, 3),
+    ],
+)
 def test_position_limit_matches_what_the_model_accepts(family, config_cls, model_cls, positions, pad):
     """Reference: transformers' own models: `limit` tokens run, `limit + 1` fail with a tensor-size error."""
     import transformers
 
-    cfg = getattr(transformers, config_cls)(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                            intermediate_size=8, max_position_embeddings=positions, pad_token_id=pad)
+    cfg = getattr(transformers, config_cls)(
+        vocab_size=16,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+        max_position_embeddings=positions,
+        pad_token_id=pad,
+    )
     limit = config_limit(cfg.to_dict())
     model = getattr(transformers, model_cls)(cfg).eval()
     with torch.no_grad():
@@ -149,7 +179,10 @@ def test_tokenizer_model_max_length_is_a_limit_unless_a_placeholder(tmp_path, ti
     tok_cfg["model_max_length"] = 128
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     assert folder_limit(folder).tokens == 128
-    with pytest.raises(ConfigError, match=r"^model\.max_seq_length=200 exceeds .* of 128 tokens \(the tokenizer's model_max_length=128\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.max_seq_length=200 exceeds .* of 128 tokens \(the tokenizer's model_max_length=128\)",
+    ):
         Encoder(str(folder), max_seq_length=200)
     tok_cfg["model_max_length"] = 1000000000000000019884624838656  # transformers' "no limit"
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
@@ -192,8 +225,9 @@ def test_encode_pools_the_eos_token(decoder_dir, side):
     enc.tokenizer.padding_side = side
     want = _reference(enc, TEXTS)
     torch.testing.assert_close(enc.encode(TEXTS, batch_size=4), want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(enc.encode(TEXTS, "query", batch_size=3), _reference(enc, TEXTS, "query"),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        enc.encode(TEXTS, "query", batch_size=3), _reference(enc, TEXTS, "query"), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -225,7 +259,9 @@ def test_truncation_keeps_eos(decoder_dir, manual):
         assert enc.tokenizer("hello")["input_ids"][-1] != enc.tokenizer.eos_token_id
     tok = enc.tokenizer
     long = "knead the dough then let it rest for an hour"
-    full = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(long, add_special_tokens=False)["input_ids"]
+    full = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(long, add_special_tokens=False)[
+        "input_ids"
+    ]
     assert len(full) > n
     want = full[: n - 1] + [tok.eos_token_id]
     assert enc.tokenize_unpadded([long], "document")["input_ids"] == [want]
@@ -258,8 +294,15 @@ def test_decoder_presets_end_queries_with_eos(tmp_path, isolated_cache):
 
     for preset, family, eos in (("e5-mistral-7b", "mistral", "</s>"), ("gte-qwen2-7b", "qwen2", "<|endoftext|>")):
         folder = build_tiny_decoder(tmp_path / family, family=family)
-        cfg = _compose_train(tmp_path, [f"model={preset}", f"model.model_name_or_path={folder}",
-                                        "model.expected_dim=null", "model.max_seq_length=256"])
+        cfg = _compose_train(
+            tmp_path,
+            [
+                f"model={preset}",
+                f"model.model_name_or_path={folder}",
+                "model.expected_dim=null",
+                "model.max_seq_length=256",
+            ],
+        )
         enc = instantiate(cfg.model)
         ids = enc.tokenize(["tides"], "query")["input_ids"][0].tolist()
         assert enc.tokenizer.convert_ids_to_tokens(ids)[-1] == eos, preset
@@ -273,5 +316,7 @@ def test_bert_last_token_is_unchanged(tiny_model_dir):
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     assert not enc.ends_with_eos
-    assert enc.tokenize(TEXTS, "document")["input_ids"].tolist() == \
-        tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")["input_ids"].tolist()
+    assert (
+        enc.tokenize(TEXTS, "document")["input_ids"].tolist()
+        == tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")["input_ids"].tolist()
+    )

@@ -18,8 +18,9 @@ TOL = 1e-5  # absolute and relative, float32 and float64
 # --------------------------------------------------------------------------- data
 
 
-def _make_batch(n_cols: int, seed: int, dtype=torch.float32, batch: int = 6, dim: int = 8, gdim: int = 5,
-                flip_positive_rows=()):
+def _make_batch(
+    n_cols: int, seed: int, dtype=torch.float32, batch: int = 6, dim: int = 8, gdim: int = 5, flip_positive_rows=()
+):
     """Trained columns (unnormalised, requires_grad) and guide columns built from 3 topics, so that
     the guide scores some in-batch candidates above the positives (something to mask) and others not.
     Rows in flip_positive_rows get a guide positive pointing away from the anchor (negative score)."""
@@ -95,8 +96,18 @@ def _ref_rows(q, pos, negs, gq, gpos, gnegs, strategy, margin, contrast_q, contr
 
 
 def reference_mask(guides, strategy, margin, contrast_anchors=True, contrast_positives=True):
-    rows = _ref_rows(guides[0], guides[1], guides[2:], guides[0], guides[1], guides[2:], strategy, margin,
-                     contrast_anchors, contrast_positives)
+    rows = _ref_rows(
+        guides[0],
+        guides[1],
+        guides[2:],
+        guides[0],
+        guides[1],
+        guides[2:],
+        strategy,
+        margin,
+        contrast_anchors,
+        contrast_positives,
+    )
     return torch.tensor([m for _, m in rows], dtype=torch.bool)
 
 
@@ -109,12 +120,23 @@ def _ref_loss(rows, tau):
 
 
 def reference_gist(cols, guides, tau, strategy, margin, symmetric, contrast_anchors=True, contrast_positives=True):
-    fwd = _ref_rows(cols[0], cols[1], cols[2:], guides[0], guides[1], guides[2:], strategy, margin,
-                    contrast_anchors, contrast_positives)
+    fwd = _ref_rows(
+        cols[0],
+        cols[1],
+        cols[2:],
+        guides[0],
+        guides[1],
+        guides[2:],
+        strategy,
+        margin,
+        contrast_anchors,
+        contrast_positives,
+    )
     loss = _ref_loss(fwd, tau)
     if symmetric:
-        bwd = _ref_rows(cols[1], cols[0], [], guides[1], guides[0], [], strategy, margin,
-                        contrast_positives, contrast_anchors)
+        bwd = _ref_rows(
+            cols[1], cols[0], [], guides[1], guides[0], [], strategy, margin, contrast_positives, contrast_anchors
+        )
         loss = (loss + _ref_loss(bwd, tau)) / 2
     return loss
 
@@ -189,8 +211,9 @@ CASES = [
 @pytest.mark.parametrize("n_negatives", [0, 1, 2])
 @pytest.mark.parametrize("strategy,margin", CASES)
 def test_gist_matches_loop_reference_and_st(strategy, margin, n_negatives, symmetric, dtype):
-    cols, guides = _make_batch(2 + n_negatives, seed=n_negatives + 7 * int(symmetric), dtype=dtype,
-                               flip_positive_rows=(1, 4))
+    cols, guides = _make_batch(
+        2 + n_negatives, seed=n_negatives + 7 * int(symmetric), dtype=dtype, flip_positive_rows=(1, 4)
+    )
     loss_fn = GISTLoss(temperature=0.01, margin_strategy=strategy, margin=margin, symmetric=symmetric)
 
     got = _value_and_grads(lambda c: loss_fn(tuple(c), guide_embeddings=guides), cols)
@@ -282,8 +305,10 @@ def test_relative_margin_with_negative_positive_score():
     m1 = GISTLoss(0.01, "relative", 1.0, contrast_anchors=False, contrast_positives=False).mask(guides)
     assert m1[0].tolist() == [False, True, True, True]
     # the loss on such a batch matches the loop reference and ST
-    cols = [torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(k)).requires_grad_(True)
-            for k in range(3)]
+    cols = [
+        torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(k)).requires_grad_(True)
+        for k in range(3)
+    ]
     loss_fn = GISTLoss(0.01, "relative", 0.5)
     got = _value_and_grads(lambda c: loss_fn(c, guide_embeddings=guides), cols)
     _assert_same(got, _value_and_grads(lambda c: reference_gist(c, guides, 0.01, "relative", 0.5, False), cols))
@@ -303,9 +328,9 @@ o = False  # kept
 X = True  # masked
 HAND_MASK_ABS_0 = [
     #  ap         aa         pp         an
-    [o, o, o,  X, o, o,  X, X, o,  X, o, X],
-    [o, o, o,  o, X, o,  o, X, o,  o, o, o],
-    [o, o, o,  o, o, X,  o, o, X,  o, o, o],
+    [o, o, o, X, o, o, X, X, o, X, o, X],
+    [o, o, o, o, X, o, o, X, o, o, o, o],
+    [o, o, o, o, o, X, o, o, X, o, o, o],
 ]
 HAND_MASK_ABS_01 = [row[:] for row in HAND_MASK_ABS_0]
 HAND_MASK_ABS_01[2][7] = X  # row 2 t=0.543 now: pp g(p_2, p_1)=0.574 > 0.543
@@ -313,7 +338,9 @@ HAND_MASK_ABS_025 = [row[:] for row in HAND_MASK_ABS_01]
 HAND_MASK_ABS_025[1][0] = X  # row 1 t=0.746: ap g(a_1, p_0)=0.766 > 0.746
 
 
-@pytest.mark.parametrize("margin,expected", [(0.0, HAND_MASK_ABS_0), (0.1, HAND_MASK_ABS_01), (0.25, HAND_MASK_ABS_025)])
+@pytest.mark.parametrize(
+    "margin,expected", [(0.0, HAND_MASK_ABS_0), (0.1, HAND_MASK_ABS_01), (0.25, HAND_MASK_ABS_025)]
+)
 def test_mask_hand_built(margin, expected):
     got = GISTLoss(0.01, "absolute", margin).mask(HAND_GUIDES)
     assert got.tolist() == expected
@@ -408,16 +435,19 @@ def test_guide_is_frozen_and_not_trained():
     assert GISTLoss().guide is None
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"temperature": 0}, "loss.temperature="),
-    ({"temperature": -0.1}, "loss.temperature="),
-    ({"temperature": "0.01"}, "loss.temperature="),
-    ({"margin_strategy": "percent"}, "loss.margin_strategy="),
-    ({"margin": -0.1}, "loss.margin="),
-    ({"margin": float("nan")}, "loss.margin="),
-    ({"margin": None}, "loss.margin="),
-    ({"guide": "minilm"}, "loss.guide="),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"temperature": 0}, "loss.temperature="),
+        ({"temperature": -0.1}, "loss.temperature="),
+        ({"temperature": "0.01"}, "loss.temperature="),
+        ({"margin_strategy": "percent"}, "loss.margin_strategy="),
+        ({"margin": -0.1}, "loss.margin="),
+        ({"margin": float("nan")}, "loss.margin="),
+        ({"margin": None}, "loss.margin="),
+        ({"guide": "minilm"}, "loss.guide="),
+    ],
+)
 def test_gist_config_errors(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         GISTLoss(**kwargs)
@@ -468,18 +498,25 @@ def test_matryoshka_gist_equals_weighted_sum(dtype):
     # default: guide embeddings forwarded unchanged
     loss_fn = MatryoshkaLoss(inner, dims=dims, weights=weights)
     got = _value_and_grads(lambda c: loss_fn(c, None, guide_embeddings=guides), cols)
-    ref = _value_and_grads(
-        lambda c: _hand_matryoshka(inner, c, dims, weights, guide_embeddings=lambda d: guides), cols)
+    ref = _value_and_grads(lambda c: _hand_matryoshka(inner, c, dims, weights, guide_embeddings=lambda d: guides), cols)
     _assert_same(got, ref, "guide untruncated")
 
     # truncate_extra: guide embeddings truncated + re-normalised like the columns (guide dim 6 >= all dims but 8)
     dims2 = (6, 4, 2)
     loss_t = MatryoshkaLoss(inner, dims=dims2, weights=weights, truncate_extra=("guide_embeddings",))
     got_t = _value_and_grads(lambda c: loss_t(c, None, guide_embeddings=guides), cols)
-    ref_t = _value_and_grads(lambda c: _hand_matryoshka(
-        inner, c, dims2, weights,
-        guide_embeddings=lambda d: [g[:, :d] / torch.linalg.vector_norm(g[:, :d], dim=1, keepdim=True) for g in guides],
-    ), cols)
+    ref_t = _value_and_grads(
+        lambda c: _hand_matryoshka(
+            inner,
+            c,
+            dims2,
+            weights,
+            guide_embeddings=lambda d: [
+                g[:, :d] / torch.linalg.vector_norm(g[:, :d], dim=1, keepdim=True) for g in guides
+            ],
+        ),
+        cols,
+    )
     _assert_same(got_t, ref_t, "guide truncated")
     untrunc = MatryoshkaLoss(inner, dims=dims2, weights=weights)(cols, None, guide_embeddings=guides)
     assert abs(untrunc.item() - got_t[0].item()) > 1e-4  # the option really changes the masks
@@ -546,8 +583,9 @@ def test_n_dims_per_step_reproducible_and_counts():
 
     a, b = run(0), run(0)
     assert a == b
-    assert all(len(s) == 2 and len(set(s)) == 2 and set(s) <= set(dims) and list(s) == sorted(s, reverse=True)
-               for s in a)
+    assert all(
+        len(s) == 2 and len(set(s)) == 2 and set(s) <= set(dims) and list(s) == sorted(s, reverse=True) for s in a
+    )
     assert len(set(a)) > 3  # really sampled
     assert run(1) != a
     # -1 and n == len(dims): every dim, no randomness consumed
@@ -588,23 +626,27 @@ def test_begin_step_fixes_the_dims_of_one_optimisation_step():
     assert MatryoshkaLoss(inner, dims=dims, n_dims_per_step=-1).step_dims(5, seed=3) == dims
 
 
-@pytest.mark.parametrize("dims", [(), [], (64, 128), (128, 128, 64), (128, 0), (128, -64), (128, 64.0), "768", None,
-                                  768, (True,)])
+@pytest.mark.parametrize(
+    "dims", [(), [], (64, 128), (128, 128, 64), (128, 0), (128, -64), (128, 64.0), "768", None, 768, (True,)]
+)
 def test_bad_dims_raise_config_error(dims):
     with pytest.raises(ConfigError, match=r"loss\.dims="):
         MatryoshkaLoss(InfoNCELoss(), dims=dims)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"weights": (1, 1)}, "loss.weights="),
-    ({"weights": (1, 1, 1, 1)}, "loss.weights="),
-    ({"weights": (1, float("nan"), 1)}, "loss.weights="),
-    ({"weights": (1, -1, 1)}, "loss.weights="),
-    ({"n_dims_per_step": 0}, "loss.n_dims_per_step="),
-    ({"n_dims_per_step": 4}, "loss.n_dims_per_step="),
-    ({"n_dims_per_step": -2}, "loss.n_dims_per_step="),
-    ({"truncate_extra": "guide_embeddings"}, "loss.truncate_extra="),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"weights": (1, 1)}, "loss.weights="),
+        ({"weights": (1, 1, 1, 1)}, "loss.weights="),
+        ({"weights": (1, float("nan"), 1)}, "loss.weights="),
+        ({"weights": (1, -1, 1)}, "loss.weights="),
+        ({"n_dims_per_step": 0}, "loss.n_dims_per_step="),
+        ({"n_dims_per_step": 4}, "loss.n_dims_per_step="),
+        ({"n_dims_per_step": -2}, "loss.n_dims_per_step="),
+        ({"truncate_extra": "guide_embeddings"}, "loss.truncate_extra="),
+    ],
+)
 def test_bad_matryoshka_config(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         MatryoshkaLoss(InfoNCELoss(), dims=(8, 4, 2), **kwargs)

@@ -12,8 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError, DataError, ModelError
-from embedexp.index import Index
-from embedexp.index import cli
+from embedexp.index import Index, cli
 from embedexp.models import Encoder
 
 DEMO = Path(__file__).resolve().parent.parent / "embedexp" / "data" / "demo"
@@ -82,7 +81,9 @@ def test_k_larger_than_corpus_and_bad_k(built, encoder):
 def test_other_model_is_refused(built, tmp_path, tiny_model_dir):
     from embedexp.models.tiny import build_tiny_bert
 
-    other = Encoder(str(build_tiny_bert(tmp_path / "other", seed=1)), query_prefix="query: ", document_prefix="passage: ")
+    other = Encoder(
+        str(build_tiny_bert(tmp_path / "other", seed=1)), query_prefix="query: ", document_prefix="passage: "
+    )
     with pytest.raises(ModelError, match="was built with model .* not with"):
         Index.load(built, encoder=other)
     same_weights_other_prefix = Encoder(str(tiny_model_dir), query_prefix="q: ", document_prefix="passage: ")
@@ -104,9 +105,15 @@ def _copy(src: Path, dst: Path) -> Path:
     [
         (lambda p: (p / "manifest.json").unlink(), "no manifest.json; not an embedexp index"),
         (lambda p: (p / "manifest.json").write_text("{not json"), "manifest.json: not valid JSON"),
-        (lambda p: (p / "manifest.json").write_text(json.dumps({"format": "embedexp-index"})), "missing version, model, dim"),
+        (
+            lambda p: (p / "manifest.json").write_text(json.dumps({"format": "embedexp-index"})),
+            "missing version, model, dim",
+        ),
         (lambda p: (p / "ids.json").unlink(), "ids.json is missing"),
-        (lambda p: (p / "index.faiss").write_bytes((p / "index.faiss").read_bytes()[:-8] + b"\0" * 8), "index.faiss: does not match the checksum"),
+        (
+            lambda p: (p / "index.faiss").write_bytes((p / "index.faiss").read_bytes()[:-8] + b"\0" * 8),
+            "index.faiss: does not match the checksum",
+        ),
         (lambda p: (p / "ids.json").write_text(json.dumps(["a"])), "ids.json: does not match the checksum"),
     ],
     ids=["missing-manifest", "bad-json", "missing-keys", "missing-ids", "corrupt-index", "changed-ids"],
@@ -152,8 +159,16 @@ def _compose(name, overrides):
 
 def test_cli_build_and_search(tmp_path, tiny_model_dir, isolated_cache, capsys):
     out = tmp_path / "cli-index"
-    cfg = _compose("index", ["model=tiny", f"model.model_name_or_path={tiny_model_dir}", f"out={out}",
-                             f"paths.output_dir={tmp_path}", "show_progress=false"])
+    cfg = _compose(
+        "index",
+        [
+            "model=tiny",
+            f"model.model_name_or_path={tiny_model_dir}",
+            f"out={out}",
+            f"paths.output_dir={tmp_path}",
+            "show_progress=false",
+        ],
+    )
     manifest = cli.build(cfg)
     assert manifest["count"] == 120 and (out / "manifest.json").is_file()
     capsys.readouterr()
@@ -179,8 +194,14 @@ def test_cli_refuses_another_model_in_one_line(tmp_path, tiny_model_dir, isolate
     env = {**os.environ, "EMBEDEXP_CACHE": str(isolated_cache)}
     script = Path(sys.executable).parent / "embedexp-search"  # the console script of pyproject's [project.scripts]
     assert script.is_file(), "pip install -e . installs embedexp-search"
-    proc = subprocess.run([str(script), f"index={out}", "query=x", f"model_dir={other}"],
-                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(script), f"index={out}", "query=x", f"model_dir={other}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("embedexp: error:")]
     assert len(errors) == 1 and "was built with model" in errors[0] and "Traceback" not in proc.stderr

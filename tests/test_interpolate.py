@@ -57,8 +57,16 @@ def test_endpoints_reproduce_base_and_tuned_exactly(tuned_encoder):
 
 def test_midpoint_equals_hand_computation(tuned_encoder):
     _, base, tuned, _, _ = tuned_encoder
-    b = {"w": torch.tensor([0.0, 2.0, -4.0, 1.0]), "ids": torch.tensor([0, 1, 2]), "h": torch.tensor([1.0, 3.0]).bfloat16()}
-    t = {"w": torch.tensor([2.0, 4.0, 0.0, 1.0]), "ids": torch.tensor([5, 6, 7]), "h": torch.tensor([2.0, 4.0]).bfloat16()}
+    b = {
+        "w": torch.tensor([0.0, 2.0, -4.0, 1.0]),
+        "ids": torch.tensor([0, 1, 2]),
+        "h": torch.tensor([1.0, 3.0]).bfloat16(),
+    }
+    t = {
+        "w": torch.tensor([2.0, 4.0, 0.0, 1.0]),
+        "ids": torch.tensor([5, 6, 7]),
+        "h": torch.tensor([2.0, 4.0]).bfloat16(),
+    }
     mid = ip.interpolate_state(b, t, 0.5)
     assert torch.equal(mid["w"], torch.tensor([1.0, 3.0, -2.0, 1.0]))  # exactly representable: exact
     assert torch.equal(mid["ids"], t["ids"])  # integer buffers come from tuned
@@ -163,8 +171,12 @@ def test_choose_respects_the_general_drop():
 
 
 def test_choose_ties_several_generals_and_missing_values():
-    tie = [{"alpha": 0.0, DEV: 0.5, GEN: 0.8}, {"alpha": 0.5, DEV: 0.6, GEN: 0.79},
-           {"alpha": 0.75, DEV: 0.6, GEN: 0.80}, {"alpha": 1.0, DEV: 0.6, GEN: 0.80}]
+    tie = [
+        {"alpha": 0.0, DEV: 0.5, GEN: 0.8},
+        {"alpha": 0.5, DEV: 0.6, GEN: 0.79},
+        {"alpha": 0.75, DEV: 0.6, GEN: 0.80},
+        {"alpha": 1.0, DEV: 0.6, GEN: 0.80},
+    ]
     assert ip.choose(tie, DEV, GEN, 0.05)["alpha"] == 0.75  # equal dev: higher general, then smaller alpha
     assert ip.choose(tie, DEV, None, 0.05)["alpha"] == 0.5  # equal dev, no general: smaller alpha
     two = [dict(r, **{"sts/spearman": 0.7 - (0.05 if r["alpha"] >= 0.5 else 0.0)}) for r in ROWS]

@@ -18,13 +18,28 @@ CASES = {
     "contrastive": ["loss=contrastive", "data=demo_sts", "data.train.binary_threshold=3.0"],
     "online_contrastive": ["loss=online_contrastive", "data=demo_sts", "data.train.binary_threshold=3.0"],
     "gist": ["loss=gist", "model@loss.guide=tiny", "loss.guide.model_name_or_path=${tiny_bert_path:1}"],
-    "matryoshka_triplet": ["loss=matryoshka", "loss@loss.loss=triplet", "miner=random", "loss.dims=[32,16,8]", "eval.dims=[16,8]"],
+    "matryoshka_triplet": [
+        "loss=matryoshka",
+        "loss@loss.loss=triplet",
+        "miner=random",
+        "loss.dims=[32,16,8]",
+        "eval.dims=[16,8]",
+    ],
     "tsdae": ["loss=tsdae", "data=demo_sentences", "model.pooling=cls"],
-    "gradcache_bf16_accumulate_clip": ["trainer.grad_cache.chunk_size=3", "trainer.precision=bf16-mixed",
-                                       "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5"],
-    "gradcache_gist_matryoshka": ["loss=matryoshka", "loss@loss.loss=gist", "model@loss.loss.guide=tiny",
-                                  "loss.loss.guide.model_name_or_path=${tiny_bert_path:1}", "loss.dims=[32,16]",
-                                  "trainer.grad_cache.chunk_size=4"],
+    "gradcache_bf16_accumulate_clip": [
+        "trainer.grad_cache.chunk_size=3",
+        "trainer.precision=bf16-mixed",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.gradient_clip_val=0.5",
+    ],
+    "gradcache_gist_matryoshka": [
+        "loss=matryoshka",
+        "loss@loss.loss=gist",
+        "model@loss.loss.guide=tiny",
+        "loss.loss.guide.model_name_or_path=${tiny_bert_path:1}",
+        "loss.dims=[32,16]",
+        "trainer.grad_cache.chunk_size=4",
+    ],
 }
 
 
@@ -33,8 +48,14 @@ def _cfg(out, overrides):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(
             config_name="train",
-            overrides=["experiment=demo_tiny", f"paths.output_dir={out}", f"paths.cache_dir={out.parent / 'cache'}",
-                       "trainer.max_steps=3", "logger=none", *overrides],
+            overrides=[
+                "experiment=demo_tiny",
+                f"paths.output_dir={out}",
+                f"paths.cache_dir={out.parent / 'cache'}",
+                "trainer.max_steps=3",
+                "logger=none",
+                *overrides,
+            ],
         )
 
 

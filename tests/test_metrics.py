@@ -125,7 +125,8 @@ def test_ir_metrics_match_pytrec_eval_graded(seed):
     grades = [g for judged in qrels.values() for g in judged.values()]
     assert {0, 1, 2, 3} <= set(grades)
     unretrieved = [
-        q for q, judged in qrels.items()
+        q
+        for q, judged in qrels.items()
         if any(g > 0 for g in judged.values()) and not any(judged.get(d, 0) > 0 for d, _ in run[q])
     ]
     assert unretrieved, "need queries whose relevant docs are not retrieved at all"
@@ -243,8 +244,7 @@ def test_retrieve_matches_brute_force_and_metrics_agree():
     # metrics on the retrieved run: random graded qrels; must match the reference run and pytrec_eval
     rng = np.random.default_rng(0)
     qrels = {
-        qid: {doc_ids[j]: int(rng.integers(0, 4)) for j in rng.choice(n_d, size=15, replace=False)}
-        for qid in query_ids
+        qid: {doc_ids[j]: int(rng.integers(0, 4)) for j in rng.choice(n_d, size=15, replace=False)} for qid in query_ids
     }
     ours = ir_metrics(run, qrels, ndcg_at=(10,), recall_at=(10, 50), mrr_at=(10,), map_at=(10,))
     ref = ir_metrics(ref_run, qrels, ndcg_at=(10,), recall_at=(10, 50), mrr_at=(10,), map_at=(10,))

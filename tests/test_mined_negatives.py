@@ -46,8 +46,9 @@ def make_set(docs, queries, positives, grades=None, doc_ids=None):
             if qrels[f"q{q}"][ids[d]] > 0:
                 rows.append((queries[q], docs[d]))
                 qids.append(f"q{q}")
-    return TrainSet(("anchor", "positive"), ("query", "document"), rows, info={}, query_ids=qids, corpus=corpus,
-                    qrels=qrels)
+    return TrainSet(
+        ("anchor", "positive"), ("query", "document"), rows, info={}, query_ids=qids, corpus=corpus, qrels=qrels
+    )
 
 
 # ---------------------------------------------------------------- BM25: the example, worked by hand
@@ -113,8 +114,9 @@ def test_bm25_epsilon_idf_can_make_scores_negative_and_those_are_not_retrieved()
     s = ref.get_scores(["a", "b"])
     assert ref.average_idf < 0 and (s < 0).all()  # the reference: every score negative
     ts = make_set(docs, ["a b", "c"], {0: [4], 1: [2]})
-    miner = BM25Miner(top_k=5, token_pattern="whitespace", lowercase=False, stopwords="none", cache=False,
-                      show_progress=False)
+    miner = BM25Miner(
+        top_k=5, token_pattern="whitespace", lowercase=False, stopwords="none", cache=False, show_progress=False
+    )
     with pytest.raises(ConfigError, match="no row got"):
         miner.mine(ts)  # before: 'a b' mined for q0 with score -0.08, counted as found
 
@@ -193,8 +195,11 @@ def test_duplicate_texts_and_the_anchor_text_are_not_negatives():
     assert out.rows == [("q zero", "pos", "doc 4", "doc 5")]
     # sampling=random samples distinct texts too
     for seed in range(10):
-        row = StubMiner(idx, [[5.0, 4.0, 4.0, 3.0, 2.0]], [9.0], top_k=5, n_negatives=3, sampling="random",
-                        seed=seed).mine(ts).rows[0]
+        row = (
+            StubMiner(idx, [[5.0, 4.0, 4.0, 3.0, 2.0]], [9.0], top_k=5, n_negatives=3, sampling="random", seed=seed)
+            .mine(ts)
+            .rows[0]
+        )
         assert sorted(row[2:]) == ["doc 1", "doc 4", "doc 5"]
 
 
@@ -207,8 +212,16 @@ def test_filter_counts_add_up():
     out = StubMiner(idx, sc, [9.0], top_k=8, n_negatives=1, skip_top=1).mine(ts)
     st = out.info["mining"]
     assert list(st["removed"]) == list(FILTERS)
-    assert st["removed"] == {"not_retrieved": 2, "rank_window": 1, "known_positives": 0, "anchor_text": 1,
-                             "duplicate_text": 1, "max_score": 0, "margin": 0, "relative_margin": 0}
+    assert st["removed"] == {
+        "not_retrieved": 2,
+        "rank_window": 1,
+        "known_positives": 0,
+        "anchor_text": 1,
+        "duplicate_text": 1,
+        "max_score": 0,
+        "margin": 0,
+        "relative_margin": 0,
+    }
     assert st["candidates"] - sum(st["removed"].values()) == 3  # doc 1, doc 5, doc 6 survive
 
 
@@ -239,7 +252,8 @@ def test_dense_nan_embeddings_are_not_retrieved(use_faiss):
     queries = ["query a", "query nan", "query c"]
     ts = make_set(docs, queries, {0: [1], 1: [2], 2: [4]})
     out = DenseMiner(top_k=40, n_negatives=2, use_faiss=use_faiss, cache=False, show_progress=False).mine(
-        ts, encoder=NanEncoder())
+        ts, encoder=NanEncoder()
+    )
     assert out.query_ids == ["q0", "q2"]
     enc = NanEncoder()
     q = enc.encode(queries, "query").numpy().astype(np.float64)
@@ -262,8 +276,10 @@ class HashScorer:
 
     def score(self, queries, docs, batch_size=32, show_progress=False, desc=None):
         self.pairs += list(zip(queries, docs))
-        return np.array([np.nan if "nan" in d else (zlib.crc32(f"{q}|{d}".encode()) % 1000) / 100.0
-                         for q, d in zip(queries, docs)], dtype=np.float64)
+        return np.array(
+            [np.nan if "nan" in d else (zlib.crc32(f"{q}|{d}".encode()) % 1000) / 100.0 for q, d in zip(queries, docs)],
+            dtype=np.float64,
+        )
 
 
 def _ce_miner(tmp_path, monkeypatch, **kw):
@@ -397,8 +413,10 @@ def test_rule_holds_for_every_miner_on_random_corpora(seed, tmp_path, monkeypatc
     skip = seed % 3 == 2
     # bm25, both backends, against rank_bm25 + the rule
     for backend in ("fast", "reference"):
-        out = mine_or_none(BM25Miner(backend=backend, top_k=10, n_negatives=n, skip_top=int(skip), cache=False,
-                                     show_progress=False), ts)
+        out = mine_or_none(
+            BM25Miner(backend=backend, top_k=10, n_negatives=n, skip_top=int(skip), cache=False, show_progress=False),
+            ts,
+        )
         rows, short = reference_rows(ts, bm25_ranked(ts, 10), n, int(skip))
         if out is None:
             assert rows == []

@@ -35,8 +35,34 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
-WORDS = ["Heart", "heart", "cell", "cells", "the", "of", "protein", "gene", "The", "and", "risk", "virus", "DNA",
-         "dna", "in", "mouse", "tumour", "is", "a", "blood", "insulin", "brain", "not", "with", "immune"]
+
+WORDS = [
+    "Heart",
+    "heart",
+    "cell",
+    "cells",
+    "the",
+    "of",
+    "protein",
+    "gene",
+    "The",
+    "and",
+    "risk",
+    "virus",
+    "DNA",
+    "dna",
+    "in",
+    "mouse",
+    "tumour",
+    "is",
+    "a",
+    "blood",
+    "insulin",
+    "brain",
+    "not",
+    "with",
+    "immune",
+]
 
 
 def random_corpus(seed: int, n_docs: int, n_queries: int, vocab: int = len(WORDS)):
@@ -62,7 +88,9 @@ def make_set(docs: list[str], queries: list[str], positives: dict[int, list[int]
             if qrels[f"q{q}"][f"d{d}"] > 0:
                 rows.append((queries[q], docs[d]))
                 qids.append(f"q{q}")
-    return TrainSet(("anchor", "positive"), ("query", "document"), rows, info={}, query_ids=qids, corpus=corpus, qrels=qrels)
+    return TrainSet(
+        ("anchor", "positive"), ("query", "document"), rows, info={}, query_ids=qids, corpus=corpus, qrels=qrels
+    )
 
 
 TOKENIZERS = [
@@ -96,7 +124,9 @@ def test_bm25_fast_equals_reference(seed, tok):
         assert np.array_equal(f_sc, r_sc) and np.array_equal(f_pos, r_pos)
         # the guide's sort: sorted(enumerate(scores), key=score, reverse=True)
         for qi in (0, 1, 2):
-            guide = [i for i, _ in sorted(enumerate(ref.get_scores(q_tok[qi])), key=lambda x: x[1], reverse=True)][:depth]
+            guide = [i for i, _ in sorted(enumerate(ref.get_scores(q_tok[qi])), key=lambda x: x[1], reverse=True)][
+                :depth
+            ]
             assert f_idx[qi].tolist() == guide
 
 
@@ -122,8 +152,9 @@ def test_bm25_epsilon_floor_for_negative_idf():
     toks = [d.split() for d in docs]
     index, ref = BM25Index(toks, epsilon=0.5), rank_bm25.BM25Okapi(toks, epsilon=0.5)
     assert index.idf[index.vocab["a"]] == ref.idf["a"] == 0.5 * ref.average_idf
-    assert np.array_equal(index.score_block([[index.vocab["a"], index.vocab["b"], index.vocab["a"]]])[0],
-                          ref.get_scores(["a", "b", "a"]))
+    assert np.array_equal(
+        index.score_block([[index.vocab["a"], index.vocab["b"], index.vocab["a"]]])[0], ref.get_scores(["a", "b", "a"])
+    )
 
 
 def test_bm25_score_of_a_text_matches_the_index():
@@ -143,8 +174,14 @@ def test_positive_outside_the_corpus_is_scored_from_its_text():
     pos = index.score_text(t(queries[0]), t(outside))
     s = index.score_block([index.token_ids(t(queries[0]))])[0]
     margin = max(0.0, pos - float(np.median(s)))
-    ts = TrainSet(("anchor", "positive"), ("query", "document"), [(queries[0], outside)], query_ids=["q0"],
-                  corpus={f"d{i}": d for i, d in enumerate(docs)}, qrels={"q0": {"dx": 1}})
+    ts = TrainSet(
+        ("anchor", "positive"),
+        ("query", "document"),
+        [(queries[0], outside)],
+        query_ids=["q0"],
+        corpus={f"d{i}": d for i, d in enumerate(docs)},
+        qrels={"q0": {"dx": 1}},
+    )
     out = BM25Miner(top_k=60, margin=margin, stopwords="none", cache=False, show_progress=False).mine(ts)
     # one count per distinct text: docs[3] is a copy of docs[1] (removed as duplicate_text before the margin)
     assert out.info["mining"]["removed"]["margin"] == len({docs[j] for j in np.flatnonzero(s > pos - margin)}) > 0
@@ -158,7 +195,7 @@ def test_topk_desc_is_a_stable_sort():
     for m, k, levels in cases:
         s = rng.integers(0, levels, size=(30, m)).astype(np.float64)  # few levels: many ties
         s[3] = 0.0  # a row of equal scores (a query without any known token)
-        s[4, :: 7] = 9e9  # more than 16k ties at the top
+        s[4, ::7] = 9e9  # more than 16k ties at the top
         for a in (s, s.astype(np.float32)):
             idx, vals = topk_desc(a, k)
             ref = np.argsort(-a, axis=1, kind="stable")[:, :k]
@@ -266,8 +303,9 @@ def tiny_cross_encoder(tiny_model_dir, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("models") / "tiny-ce"
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, num_labels=1)
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1
+    )
     BertForSequenceClassification(cfg).save_pretrained(path, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy(tiny_model_dir / f, path / f)
@@ -279,11 +317,14 @@ def test_cross_encoder_rescoring_order(tiny_cross_encoder):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     docs, queries = random_corpus(7, n_docs=20, n_queries=3, vocab=len(WORDS))
-    miner = CrossEncoderMiner(model_path=str(tiny_cross_encoder), n_candidates=12, top_k=8, batch_size=1,
-                              cache=False, show_progress=False)
+    miner = CrossEncoderMiner(
+        model_path=str(tiny_cross_encoder), n_candidates=12, top_k=8, batch_size=1, cache=False, show_progress=False
+    )
     pairs = np.array([[0, 5], [2, 1]])
     idx, scores, pos = miner._rank(queries, docs, 8, pairs)
-    cand, bm25, _ = BM25Miner(top_k=12, cache=False, show_progress=False)._rank(queries, docs, 12, np.empty((0, 2), int))
+    cand, bm25, _ = BM25Miner(top_k=12, cache=False, show_progress=False)._rank(
+        queries, docs, 12, np.empty((0, 2), int)
+    )
     tok = AutoTokenizer.from_pretrained(str(tiny_cross_encoder))
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_cross_encoder)).eval()
 
@@ -300,8 +341,9 @@ def test_cross_encoder_rescoring_order(tiny_cross_encoder):
         np.testing.assert_allclose(scores[qi], [s[j] for j in expect], rtol=0, atol=1e-6)
     np.testing.assert_allclose(pos, [direct(queries[0], docs[5]), direct(queries[2], docs[1])], atol=1e-6)
     # batched scoring (padding) agrees with one-pair batches
-    batched = CrossEncoderMiner(model_path=str(tiny_cross_encoder), n_candidates=12, top_k=8, batch_size=16,
-                                cache=False, show_progress=False)._rank(queries, docs, 8, pairs)
+    batched = CrossEncoderMiner(
+        model_path=str(tiny_cross_encoder), n_candidates=12, top_k=8, batch_size=16, cache=False, show_progress=False
+    )._rank(queries, docs, 8, pairs)
     np.testing.assert_allclose(np.sort(batched[1], axis=1), np.sort(scores, axis=1), atol=1e-5)
 
 
@@ -339,14 +381,29 @@ def test_margin_keeps_the_boundary():
 def test_combined_filters_count_in_order():
     scores = np.array([10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
     is_pos = np.array([1, 0, 0, 1, 0, 0, 0], bool)
-    keep, removed = filter_candidates(scores, np.arange(7), is_pos, 8.0, skip_top=1, max_score=9.5, margin=1.0,
-                                      relative_margin=0.2)
+    keep, removed = filter_candidates(
+        scores, np.arange(7), is_pos, 8.0, skip_top=1, max_score=9.5, margin=1.0, relative_margin=0.2
+    )
     # rank 0 (window), rank 3 (positive), 9.0 (> 7.0 margin; max_score 9.5 keeps it), 8.0 (margin), 6.0 (> 6.4? no)
     zero = {"not_retrieved": 0, "anchor_text": 0, "duplicate_text": 0}  # filters this call does not use
-    assert removed == {**zero, "rank_window": 1, "known_positives": 1, "max_score": 0, "margin": 2, "relative_margin": 0}
+    assert removed == {
+        **zero,
+        "rank_window": 1,
+        "known_positives": 1,
+        "max_score": 0,
+        "margin": 2,
+        "relative_margin": 0,
+    }
     assert np.flatnonzero(keep).tolist() == [4, 5, 6]
     keep, removed = filter_candidates(scores, np.arange(7), is_pos, 8.0, max_score=8.5, relative_margin=0.25)
-    assert removed == {**zero, "rank_window": 0, "known_positives": 2, "max_score": 1, "margin": 0, "relative_margin": 1}
+    assert removed == {
+        **zero,
+        "rank_window": 0,
+        "known_positives": 2,
+        "max_score": 1,
+        "margin": 0,
+        "relative_margin": 1,
+    }
     assert np.flatnonzero(keep).tolist() == [4, 5, 6]
 
 
@@ -363,7 +420,11 @@ class StubMiner(HardNegativeMiner):
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
         self.calls += 1
         idx = np.array([r[:depth] for r in self.ranking])
-        return idx, np.vectorize(self.score_of.get)(idx).astype(float), np.array([self.score_of[d] for _, d in pos_pairs], float)
+        return (
+            idx,
+            np.vectorize(self.score_of.get)(idx).astype(float),
+            np.array([self.score_of[d] for _, d in pos_pairs], float),
+        )
 
 
 def _stub_data():
@@ -518,9 +579,12 @@ def test_cross_encoder_config_errors(tmp_path):
         CrossEncoderMiner(model_path=str(tmp_path), cache=False)
     (tmp_path / "config.json").write_text("{}")
     kw = dict(model_path=str(tmp_path), cache=False)
-    for extra, key in [({"candidates": "splade"}, "miner.candidates"), ({"n_candidates": 10, "top_k": 20}, "miner.n_candidates"),
-                       ({"candidate_options": {"k1": -1}}, "miner.candidate_options.k1"),
-                       ({"candidate_options": {"nope": 1}}, "miner.candidate_options")]:
+    for extra, key in [
+        ({"candidates": "splade"}, "miner.candidates"),
+        ({"n_candidates": 10, "top_k": 20}, "miner.n_candidates"),
+        ({"candidate_options": {"k1": -1}}, "miner.candidate_options.k1"),
+        ({"candidate_options": {"nope": 1}}, "miner.candidate_options"),
+    ]:
         with pytest.raises(ConfigError) as e:
             CrossEncoderMiner(**kw, **extra)
         assert str(e.value).startswith(key), str(e.value)
@@ -546,8 +610,17 @@ def test_mine_entry_point_writes_pairs(tmp_path, isolated_cache):
 
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("mine", overrides=["data=demo", "miner=bm25", "miner.n_negatives=2", "miner.skip_top=1",
-                                         "miner.show_progress=false", f"paths.output_dir={tmp_path}"])
+        cfg = compose(
+            "mine",
+            overrides=[
+                "data=demo",
+                "miner=bm25",
+                "miner.n_negatives=2",
+                "miner.skip_top=1",
+                "miner.show_progress=false",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
     stats = mine(cfg)
     rows = load_pairs(tmp_path / "mined.jsonl")
     assert len(rows) == stats["rows"] > 50 and all(len(r) == 4 for r in rows)
@@ -561,8 +634,8 @@ def test_miner_presets_instantiate(option, isolated_cache):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from embedexp.config import config_dir, register_resolvers
     from embedexp.cli import find_user_error
+    from embedexp.config import config_dir, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

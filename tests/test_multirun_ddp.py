@@ -48,8 +48,11 @@ def test_multirun_with_ddp_jobs_makes_one_complete_sweep(tmp_path):
 
     t0 = time.perf_counter()
     # ${now:...%f}: a sweep folder per launch (a re-run of `-m` by a DDP child would get a folder of its own)
-    _run([*TRAIN, "-m", *SMALL, "trainer.lr=1e-3,2e-3", "hydra.sweep.dir=sweeps/${now:%H-%M-%S-%f}"],
-         tmp_path, tmp_path / "multirun.log")
+    _run(
+        [*TRAIN, "-m", *SMALL, "trainer.lr=1e-3,2e-3", "hydra.sweep.dir=sweeps/${now:%H-%M-%S-%f}"],
+        tmp_path,
+        tmp_path / "multirun.log",
+    )
     sweep_seconds = time.perf_counter() - t0
 
     sweeps = sorted((tmp_path / "sweeps").iterdir())
@@ -58,7 +61,9 @@ def test_multirun_with_ddp_jobs_makes_one_complete_sweep(tmp_path):
     sweep = sweeps[0]
     summary = json.loads((sweep / "summary.json").read_text())
     assert [(j["num"], j["status"], j["overrides"]["trainer.lr"]) for j in summary["jobs"]] == [
-        (0, "finished", "0.001"), (1, "finished", "0.002")]
+        (0, "finished", "0.001"),
+        (1, "finished", "0.002"),
+    ]
     assert "2 jobs: 2 finished, 0 failed or unfinished." in (sweep / "summary.md").read_text()
     for num, lr in ((0, 1e-3), (1, 2e-3)):
         job = sweep / str(num)
@@ -91,25 +96,35 @@ def test_job_command_reruns_exactly_one_job(tmp_path):
     from embedexp.launch import hydra_job_command
 
     job_dir = tmp_path / "sweep dir" / "1"
-    hydra_cfg = OmegaConf.create({
-        "mode": "MULTIRUN",
-        "runtime": {"cwd": str(tmp_path), "config_sources": [
-            {"path": "hydra.conf", "schema": "pkg", "provider": "hydra"},
-            {"path": config_dir(), "schema": "file", "provider": "main"},
-            {"path": str(tmp_path / "extra"), "schema": "file", "provider": "command-line"},
-            {"path": "", "schema": "structured", "provider": "schema"}]},
-        "job": {"config_name": "train", "num": 1, "id": "1", "name": "train"},
-        "overrides": {"task": ["experiment=demo_tiny", "trainer=ddp_cpu", 'model.query_prefix="q: a, b"', "trainer.lr=0.002"],
-                      "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=x", "hydra/launcher=basic", "hydra.job.chdir=false"]},
-    })
+    hydra_cfg = OmegaConf.create(
+        {
+            "mode": "MULTIRUN",
+            "runtime": {
+                "cwd": str(tmp_path),
+                "config_sources": [
+                    {"path": "hydra.conf", "schema": "pkg", "provider": "hydra"},
+                    {"path": config_dir(), "schema": "file", "provider": "main"},
+                    {"path": str(tmp_path / "extra"), "schema": "file", "provider": "command-line"},
+                    {"path": "", "schema": "structured", "provider": "schema"},
+                ],
+            },
+            "job": {"config_name": "train", "num": 1, "id": "1", "name": "train"},
+            "overrides": {
+                "task": ["experiment=demo_tiny", "trainer=ddp_cpu", 'model.query_prefix="q: a, b"', "trainer.lr=0.002"],
+                "hydra": ["hydra.mode=MULTIRUN", "hydra.sweep.dir=x", "hydra/launcher=basic", "hydra.job.chdir=false"],
+            },
+        }
+    )
     (tmp_path / "extra").mkdir()
     cmd, cwd = hydra_job_command("embedexp.train", hydra_cfg, job_dir)
     assert cwd == str(tmp_path) and cmd[:3] == [sys.executable, "-m", "embedexp.train"]
     assert "-m" not in cmd[3:] and "--multirun" not in cmd
     assert not any(c.startswith(("hydra.mode", "hydra.sweep", "hydra/launcher")) for c in cmd)
-    assert ["--config-dir", str(tmp_path / "extra")] == cmd[cmd.index("--config-dir"):cmd.index("--config-dir") + 2]
+    assert ["--config-dir", str(tmp_path / "extra")] == cmd[cmd.index("--config-dir") : cmd.index("--config-dir") + 2]
 
-    out = subprocess.run([*cmd, "--cfg", "all"], cwd=cwd, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*cmd, "--cfg", "all"], cwd=cwd, env=_env(tmp_path), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     composed = yaml.safe_load(out.stdout)
     assert composed["hydra"]["run"]["dir"] == str(job_dir.resolve())
@@ -119,11 +134,14 @@ def test_job_command_reruns_exactly_one_job(tmp_path):
     assert composed["model"]["query_prefix"] == "q: a, b" and composed["model"]["name"] == "tiny-random-bert"
 
 
-@pytest.mark.parametrize("trainer, expected", [
-    ({"accelerator": "cpu", "devices": 1}, False),
-    ({"accelerator": "cpu", "devices": 2, "strategy": "ddp_find_unused_parameters_true"}, True),
-    ({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}, False),
-])
+@pytest.mark.parametrize(
+    "trainer, expected",
+    [
+        ({"accelerator": "cpu", "devices": 1}, False),
+        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp_find_unused_parameters_true"}, True),
+        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}, False),
+    ],
+)
 def test_launches_script_children_asks_lightning(trainer, expected, monkeypatch):
     """Reference: Lightning's own launcher choice (subprocess script for ddp, spawn for ddp_spawn); an outside
     launcher (LOCAL_RANK set, as torchrun does) starts the ranks itself."""

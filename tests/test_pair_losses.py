@@ -163,7 +163,9 @@ def _zero_sum_pair(batch=6, dim=8, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("margin", [None, 0.0, 0.1, 0.5, 2.0])
 @pytest.mark.parametrize("distance", ["cosine", "euclidean", "dot"])
 def test_triplet_matches_reference(distance, margin, n_negatives, dtype):
-    cols = _make_cols(2 + n_negatives, seed=sum(map(ord, distance)) + int(100 * (margin or 0.3)) + n_negatives, dtype=dtype)
+    cols = _make_cols(
+        2 + n_negatives, seed=sum(map(ord, distance)) + int(100 * (margin or 0.3)) + n_negatives, dtype=dtype
+    )
     loss_fn = TripletLoss(distance=distance, margin=margin)
     got = _value_and_grads(lambda c: loss_fn(tuple(c)), cols)
     ref = _value_and_grads(lambda c: reference_triplet(c, distance, loss_fn.margin), cols)
@@ -177,7 +179,10 @@ def test_triplet_reference_batch_has_active_and_inactive_triplets(distance):
     cols = [c.detach() for c in _make_cols(3, batch=40, seed=1)]
     margin = TripletLoss(distance=distance).margin
     active = [
-        (_ref_distance(cols[0][i], cols[1][i], distance) - _ref_distance(cols[0][i], cols[2][i], distance) + margin).item() > 0
+        (
+            _ref_distance(cols[0][i], cols[1][i], distance) - _ref_distance(cols[0][i], cols[2][i], distance) + margin
+        ).item()
+        > 0
         for i in range(40)
     ]
     assert 0 < sum(active) < 40
@@ -196,7 +201,9 @@ def test_triplet_matches_sentence_transformers(distance, margin, dtype):
         "dot": lambda x, y: -pairwise_dot_score(x, y),  # sentence-transformers has no dot metric; same hinge/mean
     }[distance]
     cols = _make_cols(3, seed=int(10 * margin) + len(distance), dtype=dtype)
-    ref = _value_and_grads(lambda c: _st_call(st.TripletLoss, c, None, distance_metric=metric, triplet_margin=margin), cols)
+    ref = _value_and_grads(
+        lambda c: _st_call(st.TripletLoss, c, None, distance_metric=metric, triplet_margin=margin), cols
+    )
     got = _value_and_grads(lambda c: TripletLoss(distance, margin)(c), cols)
     _assert_same(got, ref, nonzero=ref[0].item() > 0)
 
@@ -290,7 +297,9 @@ def test_cosine_matches_sentence_transformers(seed, dtype):
     cols = _make_cols(2, seed=seed + 10, dtype=dtype)
     labels = _labels(6, seed + 10, dtype=dtype)
     ref = _value_and_grads(
-        lambda c: _st_call(st.CosineSimilarityLoss, c, labels, loss_fct=nn.MSELoss(), cos_score_transformation=nn.Identity()),
+        lambda c: _st_call(
+            st.CosineSimilarityLoss, c, labels, loss_fct=nn.MSELoss(), cos_score_transformation=nn.Identity()
+        ),
         cols,
     )
     got = _value_and_grads(lambda c: CosineSimilarityLoss()(c, labels), cols)
@@ -302,7 +311,9 @@ def test_cosine_hand_example_and_scale_invariance():
     b = torch.tensor([[0.0, 2.0], [5.0, 0.0]], dtype=torch.float64)  # cos 0 and 1
     labels = torch.tensor([0.5, 0.8], dtype=torch.float64)
     assert CosineSimilarityLoss()((a, b), labels).item() == pytest.approx((0.25 + 0.04) / 2, abs=1e-12)
-    assert CosineSimilarityLoss()({"text_a": 7 * a, "text_b": 0.1 * b}, labels).item() == pytest.approx(0.145, abs=1e-12)
+    assert CosineSimilarityLoss()({"text_a": 7 * a, "text_b": 0.1 * b}, labels).item() == pytest.approx(
+        0.145, abs=1e-12
+    )
 
 
 def test_cosine_labels_required_one_per_row():
@@ -350,7 +361,8 @@ def test_contrastive_matches_sentence_transformers(distance, margin, pattern, dt
     cols = _make_cols(2, batch=8, seed=int(10 * margin) + 1, dtype=dtype)
     labels = torch.tensor(LABEL_PATTERNS[pattern], dtype=torch.float32)
     ref = _value_and_grads(
-        lambda c: _st_call(st.ContrastiveLoss, c, labels, distance_metric=metric, margin=margin, size_average=True), cols
+        lambda c: _st_call(st.ContrastiveLoss, c, labels, distance_metric=metric, margin=margin, size_average=True),
+        cols,
     )
     got = _value_and_grads(lambda c: ContrastiveLoss(margin, distance)(c, labels), cols)
     _assert_same(got, ref, nonzero=ref[0].item() > 0)
@@ -362,7 +374,9 @@ def test_contrastive_margin_matters_and_hand_example():
     b = torch.tensor([[0.8, math.sqrt(1 - 0.64)], [0.6, 0.8]], dtype=torch.float64)
     labels = torch.tensor([1.0, 0.0])
     assert ContrastiveLoss(0.5)((a, b), labels).item() == pytest.approx(0.5 * (0.04 + 0.01) / 2, abs=1e-12)
-    assert ContrastiveLoss(0.3)((a, b), labels).item() == pytest.approx(0.5 * 0.04 / 2, abs=1e-12)  # negative beyond margin
+    assert ContrastiveLoss(0.3)((a, b), labels).item() == pytest.approx(
+        0.5 * 0.04 / 2, abs=1e-12
+    )  # negative beyond margin
     # euclidean: |b - a| = 0.5 and 1.0
     b = torch.tensor([[1.5, 0.0], [1.0, 1.0]], dtype=torch.float64)
     assert ContrastiveLoss(1.5, "euclidean")((a, b), labels).item() == pytest.approx(0.5 * (0.25 + 0.25) / 2, abs=1e-12)
@@ -390,7 +404,9 @@ def test_online_contrastive_matches_sentence_transformers(distance, margin, patt
     metric = _st_siamese_metric(st, distance)
     cols = _make_cols(2, batch=8, seed=int(10 * margin) + 3, dtype=dtype)
     labels = torch.tensor(LABEL_PATTERNS[pattern], dtype=torch.float32)
-    ref = _value_and_grads(lambda c: _st_call(st.OnlineContrastiveLoss, c, labels, distance_metric=metric, margin=margin), cols)
+    ref = _value_and_grads(
+        lambda c: _st_call(st.OnlineContrastiveLoss, c, labels, distance_metric=metric, margin=margin), cols
+    )
     got = _value_and_grads(lambda c: OnlineContrastiveLoss(margin, distance)(c, labels), cols)
     _assert_same(got, ref, nonzero=ref[0].item() > 0)
 
@@ -445,13 +461,17 @@ def test_online_single_class_batches_use_the_mean(distance):
     pos = torch.ones(4)
     loss = OnlineContrastiveLoss(1.0, distance)((a, b), pos)
     assert loss.item() == pytest.approx(0.49 + 1.0, abs=1e-10)
-    assert loss.item() == pytest.approx(_st_call(st.OnlineContrastiveLoss, [a, b], pos, distance_metric=metric, margin=1.0).item(), abs=ATOL)
+    assert loss.item() == pytest.approx(
+        _st_call(st.OnlineContrastiveLoss, [a, b], pos, distance_metric=metric, margin=1.0).item(), abs=ATOL
+    )
     # only negatives: mean 0.65 -> hard negatives are 0.2 and 0.5
     a, b = _pairs_at_distances([0.2, 0.5, 0.8, 1.1], distance)
     neg = torch.zeros(4)
     loss = OnlineContrastiveLoss(1.0, distance)((a, b), neg)
     assert loss.item() == pytest.approx(0.64 + 0.25, abs=1e-10)
-    assert loss.item() == pytest.approx(_st_call(st.OnlineContrastiveLoss, [a, b], neg, distance_metric=metric, margin=1.0).item(), abs=ATOL)
+    assert loss.item() == pytest.approx(
+        _st_call(st.OnlineContrastiveLoss, [a, b], neg, distance_metric=metric, margin=1.0).item(), abs=ATOL
+    )
     # a single pair is never harder than itself: loss 0, and backward still works
     a, b = _pairs_at_distances([0.3], distance)
     loss = OnlineContrastiveLoss(1.0, distance)((a, b), torch.ones(1))
@@ -471,7 +491,10 @@ def test_online_no_hard_pairs_gives_zero_with_a_graph():
 def test_online_class_equals_online_flag_and_defaults():
     cols = _make_cols(2, batch=8, seed=4)
     labels = torch.tensor(LABEL_PATTERNS["mixed"], dtype=torch.float32)
-    assert OnlineContrastiveLoss(0.7, "euclidean")(cols, labels).item() == ContrastiveLoss(0.7, "euclidean", True)(cols, labels).item()
+    assert (
+        OnlineContrastiveLoss(0.7, "euclidean")(cols, labels).item()
+        == ContrastiveLoss(0.7, "euclidean", True)(cols, labels).item()
+    )
     assert OnlineContrastiveLoss().online and not ContrastiveLoss().online
     assert ContrastiveLoss().margin == 0.5 and ContrastiveLoss().distance == "cosine"
     assert ContrastiveLoss.columns == ("text_a", "text_b") and ContrastiveLoss.needs_labels is True

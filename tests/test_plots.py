@@ -10,16 +10,30 @@ from embedexp.eval.results import compare, write_results
 
 PNG = b"\x89PNG\r\n\x1a\n"
 BASE = {
-    "demo/ndcg@10": 0.50, "demo/ndcg@10@dim128": 0.45, "demo/ndcg@10@dim64": 0.40,
-    "demo/recall@10": 0.80, "demo/recall@10@dim128": 0.80, "demo/recall@10@dim64": 0.60,
-    "sts/spearman": 0.70, "sts/spearman@dim128": 0.63, "sts/spearman@dim64": 0.56,
-    "demo/rerank/ndcg@10": 0.55, "rerank/ms_per_query": 12.5,
+    "demo/ndcg@10": 0.50,
+    "demo/ndcg@10@dim128": 0.45,
+    "demo/ndcg@10@dim64": 0.40,
+    "demo/recall@10": 0.80,
+    "demo/recall@10@dim128": 0.80,
+    "demo/recall@10@dim64": 0.60,
+    "sts/spearman": 0.70,
+    "sts/spearman@dim128": 0.63,
+    "sts/spearman@dim64": 0.56,
+    "demo/rerank/ndcg@10": 0.55,
+    "rerank/ms_per_query": 12.5,
 }
 TUNED = {
-    "demo/ndcg@10": 0.60, "demo/ndcg@10@dim128": 0.60, "demo/ndcg@10@dim64": 0.57,
-    "demo/recall@10": 0.90, "demo/recall@10@dim128": 0.81, "demo/recall@10@dim64": 0.72,
-    "sts/spearman": 0.80, "sts/spearman@dim128": 0.76, "sts/spearman@dim64": 0.60,
-    "demo/rerank/ndcg@10": 0.66, "rerank/ms_per_query": 13.0,
+    "demo/ndcg@10": 0.60,
+    "demo/ndcg@10@dim128": 0.60,
+    "demo/ndcg@10@dim64": 0.57,
+    "demo/recall@10": 0.90,
+    "demo/recall@10@dim128": 0.81,
+    "demo/recall@10@dim64": 0.72,
+    "sts/spearman": 0.80,
+    "sts/spearman@dim128": 0.76,
+    "sts/spearman@dim64": 0.60,
+    "demo/rerank/ndcg@10": 0.66,
+    "rerank/ms_per_query": 13.0,
 }
 
 

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import AutoTokenizer
 
+from embedexp.cli import find_user_error
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ModelError
-from embedexp.cli import find_user_error
 
 BGE_Q = "Represent this sentence for searching relevant passages: "
 WEB_TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -23,8 +23,24 @@ CARDS = {
     "bge-small": ("BAAI/bge-small-en-v1.5", "cls", 512, 384, BGE_Q, "", False),
     "bge-base": ("BAAI/bge-base-en-v1.5", "cls", 512, 768, BGE_Q, "", False),
     "bge-large": ("BAAI/bge-large-en-v1.5", "cls", 512, 1024, BGE_Q, "", False),
-    "e5-mistral-7b": ("intfloat/e5-mistral-7b-instruct", "last_token", 4096, 4096, f"Instruct: {WEB_TASK}\nQuery: ", "", False),
-    "gte-qwen2-7b": ("Alibaba-NLP/gte-Qwen2-7B-instruct", "last_token", 8192, 3584, f"Instruct: {WEB_TASK}\nQuery: ", "", True),
+    "e5-mistral-7b": (
+        "intfloat/e5-mistral-7b-instruct",
+        "last_token",
+        4096,
+        4096,
+        f"Instruct: {WEB_TASK}\nQuery: ",
+        "",
+        False,
+    ),
+    "gte-qwen2-7b": (
+        "Alibaba-NLP/gte-Qwen2-7B-instruct",
+        "last_token",
+        8192,
+        3584,
+        f"Instruct: {WEB_TASK}\nQuery: ",
+        "",
+        True,
+    ),
     "nomic-v1.5": ("nomic-ai/nomic-embed-text-v1.5", "mean", 8192, 768, "search_query: ", "search_document: ", True),
     "multilingual-e5-large": ("intfloat/multilingual-e5-large", "mean", 512, 1024, "query: ", "passage: ", False),
 }
@@ -50,8 +66,14 @@ def test_preset_composes_with_card_values(preset, isolated_cache):
 def test_prefixes_reach_the_tokenizer(preset, tiny_model_dir, isolated_cache):
     _, pooling, max_len, _, q, d, _ = CARDS[preset]
     # the stand-in BERT has 512 positions; the 4096/8192-token presets would (rightly) be refused on it
-    cfg = _compose([f"model={preset}", f"model.model_name_or_path={tiny_model_dir}", "model.expected_dim=null",
-                    f"model.max_seq_length={min(max_len, 512)}"])
+    cfg = _compose(
+        [
+            f"model={preset}",
+            f"model.model_name_or_path={tiny_model_dir}",
+            "model.expected_dim=null",
+            f"model.max_seq_length={min(max_len, 512)}",
+        ]
+    )
     enc = instantiate(cfg.model)
     assert enc.pooling == pooling
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -64,13 +86,22 @@ def test_prefixes_reach_the_tokenizer(preset, tiny_model_dir, isolated_cache):
         expected = tok.decode(tok(prefix)["input_ids"], skip_special_tokens=True)
         assert decoded == (f"{expected} {plain}" if prefix else plain)
     if q != d:
-        assert enc.tokenize(TEXTS, "query")["input_ids"].tolist() != enc.tokenize(TEXTS, "document")["input_ids"].tolist()
+        assert (
+            enc.tokenize(TEXTS, "query")["input_ids"].tolist() != enc.tokenize(TEXTS, "document")["input_ids"].tolist()
+        )
 
 
 def test_instruct_task_is_configurable(tiny_model_dir, isolated_cache):
     task = "Given a scientific claim, retrieve documents that support or refute the claim"
-    cfg = _compose(["model=e5-mistral-7b", f"model.model_name_or_path={tiny_model_dir}", "model.expected_dim=null",
-                    "model.max_seq_length=512", f"model.task='{task}'"])
+    cfg = _compose(
+        [
+            "model=e5-mistral-7b",
+            f"model.model_name_or_path={tiny_model_dir}",
+            "model.expected_dim=null",
+            "model.max_seq_length=512",
+            f"model.task='{task}'",
+        ]
+    )
     assert cfg.model.query_prefix == f"Instruct: {task}\nQuery: "
     enc = instantiate(cfg.model)
     text = AutoTokenizer.from_pretrained(str(tiny_model_dir)).decode(enc.tokenize(["tides"], "query")["input_ids"][0])

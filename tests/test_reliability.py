@@ -3,7 +3,6 @@ determinism on CPU, skip-bad-rows, safe loading and no secrets in anything a run
 
 import gzip
 import json
-import math
 import os
 import re
 import signal
@@ -15,13 +14,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import DEMO, REPO
+from embedexp.cli import one_line_errors
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import NumericalError
-from embedexp.losses import InfoNCELoss
 from embedexp.io import atomic_write
-from embedexp.cli import one_line_errors
+from embedexp.losses import InfoNCELoss
 from embedexp.secrets import scrub_secrets
+
+from conftest import DEMO, REPO
 
 FAST = ["logger=none", "trainer.enable_progress_bar=false"]
 
@@ -50,8 +50,16 @@ class FlakyLoss(InfoNCELoss):
 def _cfg(out: Path, *overrides: str):
     register_resolvers()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=["experiment=demo_tiny", f"paths.output_dir={out}",
-                                           f"paths.cache_dir={out.parent / 'cache'}", *FAST, *overrides])
+        return compose(
+            "train",
+            overrides=[
+                "experiment=demo_tiny",
+                f"paths.output_dir={out}",
+                f"paths.cache_dir={out.parent / 'cache'}",
+                *FAST,
+                *overrides,
+            ],
+        )
 
 
 def _flaky(bad_calls, mode="value"):
@@ -74,7 +82,7 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path, capsys):
         one_line_errors(train)(cfg)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    line = err[err.index("embedexp: error: "):]
+    line = err[err.index("embedexp: error: ") :]
     assert line.count("\n") == 1
     ckpt = out / "checkpoints" / "last.ckpt"
     assert "non-finite loss (NaN/inf) at global step 3 (epoch 0, batch 3)" in line
@@ -127,8 +135,15 @@ def test_grad_cache_skips_bad_gradient(tmp_path, caplog):
     from embedexp.train import train
 
     out = tmp_path / "out"
-    train(_cfg(out, *_flaky([2], mode="grad"), "trainer.max_steps=3", "trainer.grad_cache.chunk_size=4",
-               "trainer.skip_bad_batches=1"))
+    train(
+        _cfg(
+            out,
+            *_flaky([2], mode="grad"),
+            "trainer.max_steps=3",
+            "trainer.grad_cache.chunk_size=4",
+            "trainer.skip_bad_batches=1",
+        )
+    )
     assert any("skipping batch with non-finite gradient" in r.getMessage() for r in caplog.records)
     assert json.loads((out / "results.json").read_text())["steps"] == 3
     assert FlakyLoss.last.calls == 4  # 3 updates took 4 batches: the bad one made no optimiser step
@@ -142,7 +157,10 @@ def test_same_seed_same_metrics_and_weights_other_seed_differs(tmp_path):
     runs = {}
     for name, seed in (("a", 42), ("b", 42), ("c", 7)):
         train(_cfg(tmp_path / name, f"seed={seed}", "trainer.max_steps=3"))
-        runs[name] = (json.loads((tmp_path / name / "results.json").read_text())["metrics"], _weights(tmp_path / name / "model"))
+        runs[name] = (
+            json.loads((tmp_path / name / "results.json").read_text())["metrics"],
+            _weights(tmp_path / name / "model"),
+        )
     (m_a, w_a), (m_b, w_b), (m_c, w_c) = runs["a"], runs["b"], runs["c"]
     assert m_a == m_b
     assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
@@ -200,10 +218,10 @@ def test_results_json_survives_a_crashed_write(tmp_path, monkeypatch):
 
 
 def test_mining_cache_and_pairs_survive_a_crashed_write(tmp_path, monkeypatch):
-    from embedexp.miners import cache
-    from embedexp.mine import write_pairs
     from embedexp import mine as mine_mod
     from embedexp.data.train_sets import TrainSet
+    from embedexp.mine import write_pairs
+    from embedexp.miners import cache
 
     cache.write_cache(tmp_path, "k", "mined", {"negatives": [[1]], "stats": {}})
     pairs = write_pairs(tmp_path / "mined.jsonl", TrainSet(("anchor", "positive"), ("query", "document"), [("a", "b")]))
@@ -219,7 +237,8 @@ def test_mining_cache_and_pairs_survive_a_crashed_write(tmp_path, monkeypatch):
 
 
 def test_exported_model_survives_a_crashed_export(tmp_path, monkeypatch, tiny_model_dir):
-    from embedexp.models import Encoder, encoder as encoder_mod
+    from embedexp.models import Encoder
+    from embedexp.models import encoder as encoder_mod
 
     enc = Encoder(str(tiny_model_dir))
     model_dir = enc.save(tmp_path / "model")
@@ -235,12 +254,16 @@ def test_exported_model_survives_a_crashed_export(tmp_path, monkeypatch, tiny_mo
 
 
 # ================================================================ corrupt caches
-@pytest.mark.parametrize("corrupt", [
-    lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]),  # truncated
-    lambda p: p.write_text('{"metrics": {"demo_sts/spearman": "high"}}'),  # not numbers
-    lambda p: p.write_text('{"metrics": {}}'),  # empty
-    lambda p: p.write_bytes(b"\xff\xfe\x00garbage"),  # not text
-], ids=["truncated", "non-numeric", "empty", "binary"])
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda p: p.write_text(p.read_text()[: len(p.read_text()) // 2]),  # truncated
+        lambda p: p.write_text('{"metrics": {"demo_sts/spearman": "high"}}'),  # not numbers
+        lambda p: p.write_text('{"metrics": {}}'),  # empty
+        lambda p: p.write_bytes(b"\xff\xfe\x00garbage"),  # not text
+    ],
+    ids=["truncated", "non-numeric", "empty", "binary"],
+)
 def test_corrupt_eval_cache_is_recomputed(tmp_path, monkeypatch, tiny_model_dir, corrupt):
     from embedexp.eval import Evaluator
     from embedexp.models import Encoder
@@ -293,7 +316,9 @@ def _lines(path: Path, *lines: str) -> str:
 
 
 def _skips(caplog, path) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ") and str(path) in r.getMessage()]
+    return [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ") and str(path) in r.getMessage()
+    ]
 
 
 def test_on_error_skip_corpus_queries_qrels(tmp_path, caplog):
@@ -301,19 +326,37 @@ def test_on_error_skip_corpus_queries_qrels(tmp_path, caplog):
 
     root = tmp_path / "beir"
     (root / "qrels").mkdir(parents=True)
-    _lines(root / "corpus.jsonl", '{"_id": "d1", "text": "a"}', "{broken", '{"_id": "d2", "text": "b"}',
-           '{"_id": "d1", "text": "dup"}', '{"text": "no id"}')
-    _lines(root / "queries.jsonl", '{"_id": "q1", "text": "x"}', '{"_id": "q2", "text": ""}', '{"_id": "q3", "text": "z"}')
-    _lines(root / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore", "q1\td1\t1", "q2\td2\t1", "q3\td9\t1",
-           "q3\td2\tx", "q3\td2\t1")
+    _lines(
+        root / "corpus.jsonl",
+        '{"_id": "d1", "text": "a"}',
+        "{broken",
+        '{"_id": "d2", "text": "b"}',
+        '{"_id": "d1", "text": "dup"}',
+        '{"text": "no id"}',
+    )
+    _lines(
+        root / "queries.jsonl", '{"_id": "q1", "text": "x"}', '{"_id": "q2", "text": ""}', '{"_id": "q3", "text": "z"}'
+    )
+    _lines(
+        root / "qrels" / "train.tsv",
+        "query-id\tcorpus-id\tscore",
+        "q1\td1\t1",
+        "q2\td2\t1",
+        "q3\td9\t1",
+        "q3\td2\tx",
+        "q3\td2\t1",
+    )
     ts = beir_pairs(str(root), "train", on_error="skip")
     assert ts.rows == [("x", "a"), ("z", "b")]
     assert _skips(caplog, root / "corpus.jsonl") == [
-        f"skipped 3 bad rows in {root / 'corpus.jsonl'}: first at line 2: not valid JSON (Expecting property name enclosed in double quotes)"]
+        f"skipped 3 bad rows in {root / 'corpus.jsonl'}: first at line 2: not valid JSON (Expecting property name enclosed in double quotes)"
+    ]
     assert _skips(caplog, root / "queries.jsonl") == [
-        f"skipped 1 bad row in {root / 'queries.jsonl'}: first at line 2: query 'q2' has empty or missing 'text'"]
+        f"skipped 1 bad row in {root / 'queries.jsonl'}: first at line 2: query 'q2' has empty or missing 'text'"
+    ]
     assert _skips(caplog, root / "qrels" / "train.tsv") == [
-        f"skipped 3 bad rows in {root / 'qrels' / 'train.tsv'}: first at line 3: query id 'q2' is not in queries.jsonl"]
+        f"skipped 3 bad rows in {root / 'qrels' / 'train.tsv'}: first at line 3: query id 'q2' is not in queries.jsonl"
+    ]
 
 
 def test_on_error_skip_sts_pairs_labeled(tmp_path, caplog):
@@ -321,15 +364,27 @@ def test_on_error_skip_sts_pairs_labeled(tmp_path, caplog):
     from embedexp.data.train_sets import labeled_pair_rows
 
     sts = tmp_path / "sts.tsv"
-    sts.write_bytes(b"score\tsentence1\tsentence2\n4.0\ta\tb\n9\tc\td\nhigh\te\tf\n1.0\tg\t\n2.0\tcaf\xe9\th\n3.0\ti\tj\n")
+    sts.write_bytes(
+        b"score\tsentence1\tsentence2\n4.0\ta\tb\n9\tc\td\nhigh\te\tf\n1.0\tg\t\n2.0\tcaf\xe9\th\n3.0\ti\tj\n"
+    )
     assert load_sts(sts, on_error="skip") == [("a", "b", 4.0), ("i", "j", 3.0)]
     assert _skips(caplog, sts) == [f"skipped 4 bad rows in {sts}: first at line 3: score 9.0 outside [0, 5.0]"]
-    pairs = _lines(tmp_path / "pairs.jsonl", '{"anchor": "a", "positive": "b"}', '{"anchor": "c"}', "[]",
-                   '{"query": "e", "positive": "f"}')
+    pairs = _lines(
+        tmp_path / "pairs.jsonl",
+        '{"anchor": "a", "positive": "b"}',
+        '{"anchor": "c"}',
+        "[]",
+        '{"query": "e", "positive": "f"}',
+    )
     assert load_pairs(pairs, on_error="skip") == [("a", "b"), ("e", "f")]
-    assert _skips(caplog, pairs)[0].startswith(f"skipped 2 bad rows in {pairs}: first at line 2: expected non-empty strings")
-    labeled = _lines(tmp_path / "labeled.jsonl", '{"text_a": "a", "text_b": "b", "label": 1}',
-                     '{"text_a": "a", "text_b": "b", "label": "yes"}')
+    assert _skips(caplog, pairs)[0].startswith(
+        f"skipped 2 bad rows in {pairs}: first at line 2: expected non-empty strings"
+    )
+    labeled = _lines(
+        tmp_path / "labeled.jsonl",
+        '{"text_a": "a", "text_b": "b", "label": 1}',
+        '{"text_a": "a", "text_b": "b", "label": "yes"}',
+    )
     ts = labeled_pair_rows(labeled, on_error="skip")
     assert ts.rows == [("a", "b")] and ts.labels == [1.0]
     assert _skips(caplog, labeled)[0].startswith(f"skipped 1 bad row in {labeled}: first at line 2: expected non-empty")
@@ -347,7 +402,8 @@ def test_on_error_skip_through_the_data_config(tmp_path, caplog):
     out = tmp_path / "out"
     train(_cfg(out, f"data.train.root={root}", "data.on_error=skip", "trainer.max_steps=2"))
     assert _skips(caplog, root / "corpus.jsonl")[0].startswith(
-        f"skipped 1 bad row in {root / 'corpus.jsonl'}: first at line 17: not valid JSON")
+        f"skipped 1 bad row in {root / 'corpus.jsonl'}: first at line 17: not valid JSON"
+    )
     assert (out / "results.json").is_file()
 
 
@@ -358,7 +414,9 @@ def test_every_torch_load_is_weights_only():
         for f in (REPO / folder).rglob("*.py"):
             for m in re.finditer(r"torch\.load\((.*)", f.read_text()):
                 calls.append((f, m.group(1)))
-    assert all("weights_only=True" in args for _, args in calls), [str(f) for f, a in calls if "weights_only=True" not in a]
+    assert all("weights_only=True" in args for _, args in calls), [
+        str(f) for f, a in calls if "weights_only=True" not in a
+    ]
     assert not [f for f in (REPO / "embedexp").rglob("*.py") if re.search(r"pickle\.loads?\(", f.read_text())]
 
 
@@ -366,23 +424,45 @@ def test_every_torch_load_is_weights_only():
 def test_scrub_secrets_replaces_env_values_and_secret_keys(monkeypatch):
     monkeypatch.setenv("VOYAGE_API_KEY", "pa-voyage-123456")
     monkeypatch.setenv("HF_TOKEN", "hf_tokenvalue99")
-    obj = {"logger": {"api_key": "literal-key", "note": "key=pa-voyage-123456"}, "l": ["hf_tokenvalue99"],
-           "model": {"api_key_env": "VOYAGE_API_KEY", "pad_token": "<pad>"}}
-    assert scrub_secrets(obj) == {"logger": {"api_key": "***", "note": "key=***"}, "l": ["***"],
-                                  "model": {"api_key_env": "VOYAGE_API_KEY", "pad_token": "<pad>"}}
+    obj = {
+        "logger": {"api_key": "literal-key", "note": "key=pa-voyage-123456"},
+        "l": ["hf_tokenvalue99"],
+        "model": {"api_key_env": "VOYAGE_API_KEY", "pad_token": "<pad>"},
+    }
+    assert scrub_secrets(obj) == {
+        "logger": {"api_key": "***", "note": "key=***"},
+        "l": ["***"],
+        "model": {"api_key_env": "VOYAGE_API_KEY", "pad_token": "<pad>"},
+    }
 
 
 def test_no_secret_in_any_saved_file(tmp_path):
-    secrets = {"WANDB_API_KEY": "wandb-fake-key-0123456789", "OPENAI_API_KEY": "sk-fake-openai-abcdef",
-               "MY_SERVICE_TOKEN": "tok-fake-zyxwvu"}
+    secrets = {
+        "WANDB_API_KEY": "wandb-fake-key-0123456789",
+        "OPENAI_API_KEY": "sk-fake-openai-abcdef",
+        "MY_SERVICE_TOKEN": "tok-fake-zyxwvu",
+    }
     literal = "literal-secret-on-cmdline"
     out = tmp_path / "out"
     env = {**os.environ, **secrets, "EMBEDEXP_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "embedexp.train", "experiment=demo_tiny", f"hydra.run.dir={out}", "trainer.max_steps=2",
-         "trainer.enable_progress_bar=false", "+notes.wandb=${oc.env:WANDB_API_KEY}",
-         "+notes.openai=prefix-${oc.env:OPENAI_API_KEY}", f"+tracker.api_key={literal}"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "embedexp.train",
+            "experiment=demo_tiny",
+            f"hydra.run.dir={out}",
+            "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false",
+            "+notes.wandb=${oc.env:WANDB_API_KEY}",
+            "+notes.openai=prefix-${oc.env:OPENAI_API_KEY}",
+            f"+tracker.api_key={literal}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = [f for f in out.rglob("*") if f.is_file()]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from embedexp.sweep_report import main, write_report
 from embedexp.sweep import SweepSummary
+from embedexp.sweep_report import main, write_report
 
 METRICS = ["demo_test/ndcg@10", "demo_test/recall@10", "demo_sts/spearman"]
 
@@ -39,9 +39,16 @@ def sweep(tmp_path):
     rng = random.Random(0)
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
-        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
-        "overrides": {"task": ["experiment=demo_tiny", "loss=infonce,triplet", "trainer.lr=1e-5,3e-5"]}}}))
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+                    "overrides": {"task": ["experiment=demo_tiny", "loss=infonce,triplet", "trainer.lr=1e-5,3e-5"]},
+                }
+            }
+        )
+    )
     # job dirs hold the overrides as Hydra writes them (floats normalised: 1e-5 -> 1e-05)
     combos = [("infonce", "1e-05"), ("infonce", "3e-05"), ("triplet", "1e-05"), ("triplet", "3e-05")]
     results = {}
@@ -75,7 +82,9 @@ def test_table_matches_results_and_lists_failed_jobs(sweep, tmp_path):
     assert rows[2]["status"].startswith("failed or unfinished") and "41_2" in rows[2]["status"]
     assert rows[3]["status"].startswith("not started")
     assert all(rows[n][m] == "" for n in (2, 3) for m in METRICS)
-    assert "2 finished, 2 failed or unfinished" in summary["markdown"] and "`experiment=demo_tiny`" in summary["markdown"]
+    assert (
+        "2 finished, 2 failed or unfinished" in summary["markdown"] and "`experiment=demo_tiny`" in summary["markdown"]
+    )
 
     saved = json.loads((sweep_dir / "summary.json").read_text())
     assert [j["metrics"] for j in saved["jobs"][:2]] == [results[0], results[1]]

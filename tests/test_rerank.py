@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEMO
 from embedexp.errors import ConfigError
 
-SETS = {"demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"},
-        "demo_sts": {"type": "sts", "path": str(DEMO / "sts.tsv")}}
+from conftest import DEMO
+
+SETS = {
+    "demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"},
+    "demo_sts": {"type": "sts", "path": str(DEMO / "sts.tsv")},
+}
 KS = {"ndcg_at": [10], "recall_at": [5, 10], "mrr_at": [10], "map_at": [10]}
 
 
@@ -20,8 +23,15 @@ def cross_encoder_dir(tmp_path_factory, tiny_model_dir):
     from transformers import BertConfig, BertForSequenceClassification
 
     path = tmp_path_factory.mktemp("models") / "tiny-ce"
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, num_labels=1)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
     torch.manual_seed(1)
     BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
@@ -47,8 +57,10 @@ def _bi_encoder_top(encoder, s, k):
     q = encoder.encode(s.queries, "query").numpy().astype(np.float64)
     d = encoder.encode(s.docs, "document").numpy().astype(np.float64)
     sim = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (d / np.linalg.norm(d, axis=1, keepdims=True)).T
-    return {qid: [s.doc_ids[j] for j in np.lexsort((np.arange(len(s.doc_ids)), -sim[i]))[:k]]
-            for i, qid in enumerate(s.query_ids)}
+    return {
+        qid: [s.doc_ids[j] for j in np.lexsort((np.arange(len(s.doc_ids)), -sim[i]))[:k]]
+        for i, qid in enumerate(s.query_ids)
+    }
 
 
 def _trec(ranked, qrels):
@@ -59,10 +71,18 @@ def _trec(ranked, qrels):
     ev = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recall.5,10", "map_cut.10"})
     per_q = ev.evaluate(run)
     mean = lambda m: float(np.mean([per_q[q][m] for q in qrels]))  # noqa: E731
-    mrr = float(np.mean([next((1.0 / (i + 1) for i, d in enumerate(ranked[q][:10]) if qrels[q].get(d, 0) > 0), 0.0)
-                         for q in qrels]))
-    return {"ndcg@10": mean("ndcg_cut_10"), "recall@5": mean("recall_5"), "recall@10": mean("recall_10"),
-            "map@10": mean("map_cut_10"), "mrr@10": mrr}
+    mrr = float(
+        np.mean(
+            [next((1.0 / (i + 1) for i, d in enumerate(ranked[q][:10]) if qrels[q].get(d, 0) > 0), 0.0) for q in qrels]
+        )
+    )
+    return {
+        "ndcg@10": mean("ndcg_cut_10"),
+        "recall@5": mean("recall_5"),
+        "recall@10": mean("recall_10"),
+        "map@10": mean("map_cut_10"),
+        "mrr@10": mrr,
+    }
 
 
 def test_rerank_equals_an_independent_two_stage_computation(encoder, cross_encoder_dir):
@@ -78,8 +98,10 @@ def test_rerank_equals_an_independent_two_stage_computation(encoder, cross_encod
     reranked = {}
     with torch.no_grad():
         for qid, query, cands in zip(s.query_ids, s.queries, _bi_encoder_top(encoder, s, 10).values()):
-            scores = [float(model(**tok(query, text[d], truncation=True, max_length=256, return_tensors="pt")).logits[0, 0])
-                      for d in cands]
+            scores = [
+                float(model(**tok(query, text[d], truncation=True, max_length=256, return_tensors="pt")).logits[0, 0])
+                for d in cands
+            ]
             reranked[qid] = [cands[i] for i in np.argsort(-np.array(scores), kind="stable")]
     expected = _trec(reranked, s.qrels)
     for name, value in expected.items():
@@ -93,8 +115,12 @@ class OracleScorer:
     """Scores a pair by its qrels grade: a perfect second stage."""
 
     def __init__(self, s):
-        self.grade = {(q, d): g for qid, q in zip(s.query_ids, s.queries)
-                      for did, d in zip(s.doc_ids, s.docs) for g in [s.qrels[qid].get(did, 0)]}
+        self.grade = {
+            (q, d): g
+            for qid, q in zip(s.query_ids, s.queries)
+            for did, d in zip(s.doc_ids, s.docs)
+            for g in [s.qrels[qid].get(did, 0)]
+        }
         self.calls = 0
 
     def score(self, queries, docs, batch_size=32, show_progress=False, desc=""):

@@ -20,10 +20,14 @@ def _units(seed=0, n=60, shift=0.1):
     bs, ts = gold + rng.normal(0, 0.5, 80), gold + rng.normal(0, 3, 80)
     pids = [f"p{i}" for i in range(80)]
     units = {
-        "base": {"ret/ndcg@10": {"ids": ids, "values": b.tolist()},
-                 "sts/spearman": {"ids": pids, "scores": bs.tolist(), "gold": gold.tolist(), "method": "spearman"}},
-        "tuned": {"ret/ndcg@10": {"ids": ids[::-1], "values": t[::-1].tolist()},  # other order: paired by id
-                  "sts/spearman": {"ids": pids, "scores": ts.tolist(), "gold": gold.tolist(), "method": "spearman"}},
+        "base": {
+            "ret/ndcg@10": {"ids": ids, "values": b.tolist()},
+            "sts/spearman": {"ids": pids, "scores": bs.tolist(), "gold": gold.tolist(), "method": "spearman"},
+        },
+        "tuned": {
+            "ret/ndcg@10": {"ids": ids[::-1], "values": t[::-1].tolist()},  # other order: paired by id
+            "sts/spearman": {"ids": pids, "scores": ts.tolist(), "gold": gold.tolist(), "method": "spearman"},
+        },
     }
     base = {"ret/ndcg@10": b.mean(), "ret/recall@100": 0.5, "sts/spearman": sps.spearmanr(bs, gold).statistic}
     tuned = {"ret/ndcg@10": t.mean(), "ret/recall@100": 0.6, "sts/spearman": sps.spearmanr(ts, gold).statistic}
@@ -74,10 +78,11 @@ def test_no_units_no_statistics(tmp_path):
 def test_evaluator_units_equal_pytrec_eval_per_query_and_cache_per_set(tmp_path, tiny_model_dir, monkeypatch):
     import pytrec_eval
 
-    from conftest import DEMO
     from embedexp.eval import Evaluator
     from embedexp.eval.metrics import retrieve
     from embedexp.models import Encoder
+
+    from conftest import DEMO
 
     enc = Encoder(str(tiny_model_dir))
     ret = {"demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"}}
@@ -97,7 +102,9 @@ def test_evaluator_units_equal_pytrec_eval_per_query_and_cache_per_set(tmp_path,
     both = Evaluator({**ret, **sts}, cache_dir=str(tmp_path), show_progress=False)
     encoded = []
     real = Encoder.encode
-    monkeypatch.setattr(Encoder, "encode", lambda self, texts, *a, **k: encoded.append(k.get("desc") or a) or real(self, texts, *a, **k))
+    monkeypatch.setattr(
+        Encoder, "encode", lambda self, texts, *a, **k: encoded.append(k.get("desc") or a) or real(self, texts, *a, **k)
+    )
     again = both.evaluate(enc, use_cache=True)
     assert all("demo_sts" in str(e) for e in encoded) and len(encoded) == 2
     assert again["demo_test/ndcg@10"] == metrics["demo_test/ndcg@10"]
@@ -113,11 +120,13 @@ def test_pairs_eval_set_matches_sentence_transformers_ir_evaluator(tmp_path, tin
     from embedexp.eval import Evaluator
     from embedexp.models import Encoder
 
-    rows = [("how do I reset my password", "Use the account page to reset a password.", "Printers need toner."),
-            ("printer out of toner", "Printers need toner.", "Restart the router."),
-            ("wifi keeps dropping", "Restart the router.", "Use the account page to reset a password."),
-            ("forgot my password", "Use the account page to reset a password.", "Restart the router."),
-            ("laptop will not charge", "Check the charger cable and the outlet.", "Printers need toner.")]
+    rows = [
+        ("how do I reset my password", "Use the account page to reset a password.", "Printers need toner."),
+        ("printer out of toner", "Printers need toner.", "Restart the router."),
+        ("wifi keeps dropping", "Restart the router.", "Use the account page to reset a password."),
+        ("forgot my password", "Use the account page to reset a password.", "Restart the router."),
+        ("laptop will not charge", "Check the charger cable and the outlet.", "Printers need toner."),
+    ]
     path = tmp_path / "dev.jsonl"
     path.write_text("".join(json.dumps({"anchor": a, "positive": p, "negatives": [n]}) + "\n" for a, p, n in rows))
     ev = Evaluator({"dev": {"type": "pairs", "path": str(path)}}, show_progress=False, ndcg_at=[10], mrr_at=[10])
@@ -127,9 +136,17 @@ def test_pairs_eval_set_matches_sentence_transformers_ir_evaluator(tmp_path, tin
     enc = Encoder(str(tiny_model_dir))
     ours = ev.evaluate(enc)
     model_dir = enc.save(tmp_path / "model")
-    st = InformationRetrievalEvaluator(dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs)),
-                                       {q: set(d) for q, d in s.qrels.items()}, ndcg_at_k=[10], mrr_at_k=[10],
-                                       accuracy_at_k=[1], precision_recall_at_k=[10], map_at_k=[10], name="dev")
+    st = InformationRetrievalEvaluator(
+        dict(zip(s.query_ids, s.queries)),
+        dict(zip(s.doc_ids, s.docs)),
+        {q: set(d) for q, d in s.qrels.items()},
+        ndcg_at_k=[10],
+        mrr_at_k=[10],
+        accuracy_at_k=[1],
+        precision_recall_at_k=[10],
+        map_at_k=[10],
+        name="dev",
+    )
     theirs = st(SentenceTransformer(str(model_dir)))
     assert ours["dev/ndcg@10"] == pytest.approx(theirs["dev_cosine_ndcg@10"], abs=1e-6)
     assert ours["dev/mrr@10"] == pytest.approx(theirs["dev_cosine_mrr@10"], abs=1e-6)

@@ -31,7 +31,10 @@ main()
 """
 
 BASE_ARGS = [
-    "experiment=demo_tiny", "logger=none", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+    "experiment=demo_tiny",
+    "logger=none",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
     "checkpoint.every_n_steps=3",
 ]
 
@@ -109,14 +112,26 @@ def test_resume_with_other_batch_size_fails_before_base_evaluation(tmp_path, iso
     Reference: before the fix this resume went ahead and trained rows of the first 2 batches a second time."""
     run_dir = tmp_path / "run"
     env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
-    first = _run([*BASE_ARGS, "trainer.max_steps=2", "checkpoint.every_n_steps=1", "checkpoint.keep=true",
-                  f"hydra.run.dir={run_dir}"], env)
+    first = _run(
+        [
+            *BASE_ARGS,
+            "trainer.max_steps=2",
+            "checkpoint.every_n_steps=1",
+            "checkpoint.keep=true",
+            f"hydra.run.dir={run_dir}",
+        ],
+        env,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     fresh_cache = tmp_path / "cache2"
-    resumed = _run([*BASE_ARGS, "data.batch_size=4", "ckpt_path=last", f"hydra.run.dir={run_dir}"],
-                   dict(env, EMBEDEXP_CACHE=str(fresh_cache)))
+    resumed = _run(
+        [*BASE_ARGS, "data.batch_size=4", "ckpt_path=last", f"hydra.run.dir={run_dir}"],
+        dict(env, EMBEDEXP_CACHE=str(fresh_cache)),
+    )
     assert resumed.returncode == 2, resumed.stderr[-3000:]
     errors = [line for line in resumed.stderr.splitlines() if line.startswith("embedexp: error:")]
-    assert len(errors) == 1 and "data.batch_size=8 in the checkpoint but 4 in this run" in errors[0], resumed.stderr[-2000:]
+    assert len(errors) == 1 and "data.batch_size=8 in the checkpoint but 4 in this run" in errors[0], resumed.stderr[
+        -2000:
+    ]
     assert not list((fresh_cache / "eval").glob("*.json"))  # the base evaluation never ran

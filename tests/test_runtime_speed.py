@@ -50,8 +50,11 @@ def test_parallel_tokenising_obeys_user_and_restores_env(tiny_model_dir, monkeyp
     assert config.parallel_tokenizing_allowed()  # our default "false" is lifted for bulk calls
     seen = []
     real = type(enc.tokenizer).__call__
-    monkeypatch.setattr(type(enc.tokenizer), "__call__",
-                        lambda self, *a, **k: seen.append(os.environ.get("TOKENIZERS_PARALLELISM")) or real(self, *a, **k))
+    monkeypatch.setattr(
+        type(enc.tokenizer),
+        "__call__",
+        lambda self, *a, **k: seen.append(os.environ.get("TOKENIZERS_PARALLELISM")) or real(self, *a, **k),
+    )
     enc.tokenize_unpadded(["a b c"], "document")
     assert seen == ["true"] and os.environ["TOKENIZERS_PARALLELISM"] == "false"
 
@@ -80,7 +83,8 @@ def test_allocator_tuning_keeps_freed_blocks(setting, expected):
     from conftest import REPO
 
     env = {**os.environ, "EMBEDEXP_MALLOC_TUNING": setting}
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(repo=str(REPO))], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(repo=str(REPO))], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == expected

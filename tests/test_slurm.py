@@ -67,8 +67,9 @@ def _sacct_state(job_id: str, wait_s: float = 30.0) -> str:
     """The job's final accounting state; submitit can return the result while the job step is still exiting."""
     deadline = time.monotonic() + wait_s
     while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30
+        )
         state = out.stdout.strip()
         if state not in ("", "PENDING", "RUNNING", "COMPLETING") or time.monotonic() > deadline:
             return state
@@ -77,8 +78,15 @@ def _sacct_state(job_id: str, wait_s: float = 30.0) -> str:
 
 def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [*TRAIN, "-m", "experiment=demo_tiny", "hydra/launcher=slurm_local", "trainer.lr=1e-3,2e-3",
-           "trainer.max_steps=3", f"hydra.sweep.dir={sweep}"]
+    cmd = [
+        *TRAIN,
+        "-m",
+        "experiment=demo_tiny",
+        "hydra/launcher=slurm_local",
+        "trainer.lr=1e-3,2e-3",
+        "trainer.max_steps=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -122,9 +130,18 @@ def _task_pid(job_id: str, deadline: float) -> int:
 
 def test_sigkilled_job_fails_the_sweep_within_a_minute(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    cmd = [*TRAIN, "-m", "experiment=demo_tiny", "hydra/launcher=slurm_local", "seed=5",
-           "trainer.max_epochs=10000", f"hydra.sweep.dir={sweep}"]  # runs until killed
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        *TRAIN,
+        "-m",
+        "experiment=demo_tiny",
+        "hydra/launcher=slurm_local",
+        "seed=5",
+        "trainer.max_epochs=10000",
+        f"hydra.sweep.dir={sweep}",
+    ]  # runs until killed
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.time() + 120
         job_id = None

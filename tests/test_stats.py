@@ -24,8 +24,13 @@ def _pair(n, shift, seed):
 def test_exact_sign_flip_p_equals_scipy(n, shift):
     base, tuned = _pair(n, shift, seed=n)
     ours = paired_randomization_test(base, tuned, n_resamples=10_000)  # 2^n <= 10,000: exact
-    res = sps.permutation_test((tuned, base), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                               alternative="two-sided", n_resamples=np.inf)
+    res = sps.permutation_test(
+        (tuned, base),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        alternative="two-sided",
+        n_resamples=np.inf,
+    )
     assert ours == pytest.approx(res.pvalue, abs=1e-12)
 
 
@@ -41,7 +46,9 @@ def test_spearman_change_p_equals_scipy_null_distribution():
     def spearman_change(x, y, axis=-1):
         return sps.spearmanr(x, gold).statistic - sps.spearmanr(y, gold).statistic
 
-    res = sps.permutation_test((t, b), spearman_change, permutation_type="samples", n_resamples=np.inf, vectorized=False)
+    res = sps.permutation_test(
+        (t, b), spearman_change, permutation_type="samples", n_resamples=np.inf, vectorized=False
+    )
     observed = spearman_change(t, b, 0)
     expected = np.mean(np.abs(res.null_distribution) >= abs(observed) - 1e-12)
     assert ours == pytest.approx(expected, abs=1e-12)
@@ -51,16 +58,28 @@ def test_spearman_change_p_equals_scipy_null_distribution():
 def test_monte_carlo_p_close_to_scipy():
     base, tuned = _pair(300, 0.02, seed=7)
     ours = paired_randomization_test(base, tuned, n_resamples=20_000, seed=1)
-    res = sps.permutation_test((tuned, base), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                               n_resamples=20_000, random_state=2)
+    res = sps.permutation_test(
+        (tuned, base),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        n_resamples=20_000,
+        random_state=2,
+    )
     assert abs(ours - res.pvalue) < 0.01 + 0.1 * res.pvalue
 
 
 def test_bootstrap_ci_close_to_scipy():
     base, tuned = _pair(300, 0.03, seed=11)
     low, high = paired_bootstrap_ci(base, tuned, n_resamples=10_000, seed=0)
-    res = sps.bootstrap((tuned, base), lambda x, y, axis: np.mean(x - y, axis=axis), paired=True, vectorized=True,
-                        method="percentile", n_resamples=10_000, random_state=0)
+    res = sps.bootstrap(
+        (tuned, base),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        paired=True,
+        vectorized=True,
+        method="percentile",
+        n_resamples=10_000,
+        random_state=0,
+    )
     width = high - low
     assert abs(low - res.confidence_interval.low) < 0.05 * width
     assert abs(high - res.confidence_interval.high) < 0.05 * width
@@ -85,8 +104,15 @@ def test_sts_bootstrap_recomputes_the_correlation():
     c = compare_paired(base, tuned, gold=gold, n_resamples=4_000)
     assert c.base == pytest.approx(sps.spearmanr(base, gold).statistic)
     assert c.tuned == pytest.approx(sps.spearmanr(tuned, gold).statistic)
-    res = sps.bootstrap((base, tuned, gold), lambda b, t, g: sps.spearmanr(t, g).statistic - sps.spearmanr(b, g).statistic,
-                        paired=True, vectorized=False, method="percentile", n_resamples=2_000, random_state=0)
+    res = sps.bootstrap(
+        (base, tuned, gold),
+        lambda b, t, g: sps.spearmanr(t, g).statistic - sps.spearmanr(b, g).statistic,
+        paired=True,
+        vectorized=False,
+        method="percentile",
+        n_resamples=2_000,
+        random_state=0,
+    )
     width = c.ci_high - c.ci_low
     assert abs(c.ci_low - res.confidence_interval.low) < 0.1 * width
     assert abs(c.ci_high - res.confidence_interval.high) < 0.1 * width
@@ -105,8 +131,11 @@ def test_holm_hand_worked():
 
 
 def test_verdicts():
-    rows = [compare_paired(*_pair(200, 0.1, 1), n_resamples=2_000), compare_paired(*_pair(200, -0.1, 2), n_resamples=2_000),
-            compare_paired(*_pair(200, 0.0, 3), n_resamples=2_000)]
+    rows = [
+        compare_paired(*_pair(200, 0.1, 1), n_resamples=2_000),
+        compare_paired(*_pair(200, -0.1, 2), n_resamples=2_000),
+        compare_paired(*_pair(200, 0.0, 3), n_resamples=2_000),
+    ]
     assert [v for _, v in verdicts(rows)] == ["better", "worse", "no significant difference"]
 
 

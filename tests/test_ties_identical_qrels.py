@@ -24,12 +24,13 @@ import pytest
 import pytrec_eval
 import torch
 
-from conftest import write_beir
 from embedexp.data import readers
 from embedexp.data.readers import load_qrels
 from embedexp.errors import ConfigError, DataError
 from embedexp.eval.metrics import ir_metrics, retrieve, top_k
 from embedexp.eval.mteb_eval import prepare_environment
+
+from conftest import write_beir
 
 prepare_environment(Path(tempfile.gettempdir()) / "embedexp-test")  # before mteb is imported: no ~/.cache/mteb
 
@@ -66,8 +67,11 @@ def _trec_full_run(query_ids, q, doc_ids, d):
 
 
 def _pytrec(full_run, qrels, ndcg_at, recall_at, map_at, mrr_at):
-    measures = {"ndcg_cut." + ",".join(map(str, ndcg_at)), "recall." + ",".join(map(str, recall_at)),
-                "map_cut." + ",".join(map(str, map_at))}
+    measures = {
+        "ndcg_cut." + ",".join(map(str, ndcg_at)),
+        "recall." + ",".join(map(str, recall_at)),
+        "map_cut." + ",".join(map(str, map_at)),
+    }
     per_q = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(full_run)
     out = {}
     for k in ndcg_at:
@@ -78,8 +82,14 @@ def _pytrec(full_run, qrels, ndcg_at, recall_at, map_at, mrr_at):
         out[f"map@{k}"] = float(np.mean([per_q[q][f"map_cut_{k}"] for q in qrels]))
     rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(full_run)
     for k in mrr_at:  # trec_eval's reciprocal rank of the full run, zero when the first hit is below rank k
-        out[f"mrr@{k}"] = float(np.mean([rr[q]["recip_rank"] if 0 < rr[q]["recip_rank"] and 1 / rr[q]["recip_rank"] <= k + 1e-9
-                                         else 0.0 for q in qrels]))
+        out[f"mrr@{k}"] = float(
+            np.mean(
+                [
+                    rr[q]["recip_rank"] if 0 < rr[q]["recip_rank"] and 1 / rr[q]["recip_rank"] <= k + 1e-9 else 0.0
+                    for q in qrels
+                ]
+            )
+        )
     return out
 
 
@@ -93,7 +103,8 @@ def test_toy_tie_matches_pytrec_eval():
     doc_ids = ["a1", "z1", "x"]
     qrels = {"q1": {"a1": 1}}
     ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank"}).evaluate(
-        {"q1": {"a1": 1.0, "z1": 1.0, "x": 0.0}})["q1"]
+        {"q1": {"a1": 1.0, "z1": 1.0, "x": 0.0}}
+    )["q1"]
     assert ref["ndcg_cut_10"] == pytest.approx(1 / math.log2(3), abs=1e-12)  # 0.6309, hand-worked
     assert ref["recip_rank"] == 0.5
     run = retrieve(["q1"], q, doc_ids, d, k=10)
@@ -106,8 +117,10 @@ def test_toy_tie_matches_pytrec_eval():
 def test_ir_metrics_orders_an_unsorted_or_corpus_ordered_run_like_trec_eval():
     """A run handed over in any order (e.g. a reranker's, or corpus order on ties) is ranked by trec_eval's rule."""
     qrels = {"q1": {"a1": 1, "b": 2}}
-    for run in ({"q1": [("a1", 1.0), ("z1", 1.0), ("x", 0.0), ("b", 0.5)]},
-                {"q1": [("x", 0.0), ("b", 0.5), ("a1", 1.0), ("z1", 1.0)]}):
+    for run in (
+        {"q1": [("a1", 1.0), ("z1", 1.0), ("x", 0.0), ("b", 0.5)]},
+        {"q1": [("x", 0.0), ("b", 0.5), ("a1", 1.0), ("z1", 1.0)]},
+    ):
         ours = ir_metrics(run, qrels, ndcg_at=(1, 3, 10), recall_at=(1, 3), mrr_at=(1, 3), map_at=(3,))
         full = {"q1": dict(run["q1"])}
         ref = _pytrec(full, qrels, (1, 3, 10), (1, 3), (3,), (1, 3))
@@ -166,7 +179,9 @@ def test_many_ties_retrieve_and_metrics_match_pytrec_eval_on_the_full_run():
     ks = dict(ndcg_at=(1, 3, 5, 10, 20), recall_at=(1, 5, 10, 20), mrr_at=(1, 3, 10), map_at=(1, 10, 20))
     ref = _pytrec(full, qrels, ks["ndcg_at"], ks["recall_at"], ks["map_at"], ks["mrr_at"])
     for k in (20, 25):  # retrieval depth; metrics at <= 20 must not depend on it
-        run = retrieve(query_ids, torch.tensor(q, dtype=torch.float32), doc_ids, torch.tensor(d, dtype=torch.float32), k)
+        run = retrieve(
+            query_ids, torch.tensor(q, dtype=torch.float32), doc_ids, torch.tensor(d, dtype=torch.float32), k
+        )
         ours = ir_metrics(run, qrels, **ks)
         for name in ref:
             assert ours[name] == pytest.approx(ref[name], abs=1e-9), (k, name)
@@ -203,9 +218,16 @@ def _run_ours_and_mteb(root, encoder, cache_dir, monkeypatch, extra_spec=None):
     monkeypatch.setattr(AbsTaskRetrieval, "task_specific_scores", spy)
     monkeypatch.setenv("MTEB_CACHE", str(cache_dir / "mteb"))
     spec = {"type": "retrieval", "root": str(root), "split": "test", **(extra_spec or {})}
-    ev = Evaluator({"ties": spec}, cache_dir=str(cache_dir), show_progress=False, ndcg_at=[1, 3, 5, 10],
-                   recall_at=[1, 5, 10, 20], mrr_at=[1, 3, 10], map_at=[1, 10],
-                   mteb={"tasks": [], "local_sets": True, "metrics": None, "result_cache": False})
+    ev = Evaluator(
+        {"ties": spec},
+        cache_dir=str(cache_dir),
+        show_progress=False,
+        ndcg_at=[1, 3, 5, 10],
+        recall_at=[1, 5, 10, 20],
+        mrr_at=[1, 3, 10],
+        map_at=[1, 10],
+        mteb={"tasks": [], "local_sets": True, "metrics": None, "result_cache": False},
+    )
     r = ev.evaluate(encoder)
     per_query = captured["per_query"]
 
@@ -300,7 +322,7 @@ def test_non_integer_qrels_grade_is_an_error_naming_file_and_line(tmp_path, grad
         load_qrels(root, "test")
     msg = str(err.value)
     assert msg.startswith(f"{path}: line 3: ") and "\n" not in msg
-    detail = msg[len(f"{path}: line 3: "):]  # (the tmp folder's name contains "integer" too)
+    detail = msg[len(f"{path}: line 3: ") :]  # (the tmp folder's name contains "integer" too)
     assert repr(grade) in detail and "expected an integer grade" in detail
 
 
@@ -320,7 +342,9 @@ def test_ignore_identical_ids_is_checked_before_any_load_under_the_key_the_user_
 
     root = write_beir(tmp_path / "b", {"d1": ("", "x")}, {"q1": "y"}, {"q1": {"d1": 1}})
     ev = {"sets": {"arguana": {"type": "retrieval", "root": str(root), "ignore_identical_ids": "yes"}}}
-    with pytest.raises(ConfigError, match=r"^data\.eval_sets\.arguana\.ignore_identical_ids='yes'; expected true or false$"):
+    with pytest.raises(
+        ConfigError, match=r"^data\.eval_sets\.arguana\.ignore_identical_ids='yes'; expected true or false$"
+    ):
         check_eval_config(ev, None, "data.eval_sets")
     ev["sets"]["arguana"]["ignore_identical_ids"] = True
     check_eval_config(ev, None, "data.eval_sets")

@@ -15,7 +15,12 @@ def _cfg(out: Path, *overrides: str):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(
             config_name="train",
-            overrides=["experiment=demo_tiny", f"paths.output_dir={out}", f"paths.cache_dir={out.parent / 'cache'}", *overrides],
+            overrides=[
+                "experiment=demo_tiny",
+                f"paths.output_dir={out}",
+                f"paths.cache_dir={out.parent / 'cache'}",
+                *overrides,
+            ],
         )
 
 
@@ -34,7 +39,9 @@ def test_results_have_base_tuned_delta_for_every_metric(tiny_run):
     results = json.loads((out / "results.json").read_text())
     metrics = results["metrics"]
     expected = {f"demo_test/{m}" for m in ("ndcg@10", "recall@10", "recall@100", "mrr@10", "map@10")} | {
-        "demo_sts/spearman", "demo_sts/pearson"}
+        "demo_sts/spearman",
+        "demo_sts/pearson",
+    }
     assert expected <= set(metrics)
     for name, row in metrics.items():
         assert 0.0 <= row["tuned"] <= 1.0 or name.endswith(("spearman", "pearson"))
@@ -47,9 +54,9 @@ def test_results_have_base_tuned_delta_for_every_metric(tiny_run):
 def test_base_column_is_the_base_model_and_tuned_column_the_export(tiny_run):
     from hydra.utils import instantiate
 
+    from embedexp.config import container
     from embedexp.eval import Evaluator
     from embedexp.models import Encoder
-    from embedexp.config import container
 
     out, cfg = tiny_run
     metrics = json.loads((out / "results.json").read_text())["metrics"]
@@ -77,8 +84,8 @@ def test_exported_model_loads_in_sentence_transformers(tiny_run):
 def test_base_evaluation_is_cached(tiny_run, monkeypatch):
     from hydra.utils import instantiate
 
-    from embedexp.eval import Evaluator
     from embedexp.config import container
+    from embedexp.eval import Evaluator
 
     out, cfg = tiny_run
     metrics = json.loads((out / "results.json").read_text())["metrics"]

@@ -49,7 +49,8 @@ class Record(L.Callback):
     def on_train_start(self, trainer, pl_module):
         if hasattr(pl_module.loss, "last_dims"):
             pl_module.loss.register_forward_hook(
-                lambda mod, args, out: self.dims.append((trainer.global_step, tuple(mod.last_dims))))
+                lambda mod, args, out: self.dims.append((trainer.global_step, tuple(mod.last_dims)))
+            )
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         self.lrs.append(optimizer.param_groups[0]["lr"])
@@ -58,21 +59,50 @@ class Record(L.Callback):
         self.anchors.extend(batch["texts"][0])
 
 
-def _fit(model_dir, dm, *, accumulate=1, grad_cache=None, max_epochs=1, max_steps=-1, loss=None, ckpt_dir=None,
-         every_n_steps=None, ckpt_path=None, lr=1e-3, warmup_ratio=0.0, devices=1):
+def _fit(
+    model_dir,
+    dm,
+    *,
+    accumulate=1,
+    grad_cache=None,
+    max_epochs=1,
+    max_steps=-1,
+    loss=None,
+    ckpt_dir=None,
+    every_n_steps=None,
+    ckpt_path=None,
+    lr=1e-3,
+    warmup_ratio=0.0,
+    devices=1,
+):
     encoder = Encoder(str(model_dir), max_seq_length=16)
     dm.set_tokenizer(encoder.tokenize)
-    module = EmbeddingModule(encoder, loss or InfoNCELoss(), lr=lr, weight_decay=0.0, warmup_ratio=warmup_ratio,
-                             grad_cache=grad_cache, accumulate_grad_batches=accumulate if grad_cache else 1)
+    module = EmbeddingModule(
+        encoder,
+        loss or InfoNCELoss(),
+        lr=lr,
+        weight_decay=0.0,
+        warmup_ratio=warmup_ratio,
+        grad_cache=grad_cache,
+        accumulate_grad_batches=accumulate if grad_cache else 1,
+    )
     record = Record()
     callbacks = [record]
     if ckpt_dir is not None:
         callbacks.append(ResumableCheckpoint(ckpt_dir, every_n_steps, datamodule=dm))
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, max_epochs=max_epochs, max_steps=max_steps, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        accumulate_grad_batches=1 if grad_cache else accumulate, callbacks=callbacks,
-        use_distributed_sampler=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=devices,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accumulate_grad_batches=1 if grad_cache else accumulate,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, record, module
@@ -81,20 +111,29 @@ def _fit(model_dir, dm, *, accumulate=1, grad_cache=None, max_epochs=1, max_step
 # ---------------------------------------------------------------- item 7: LR schedule under GradCache
 
 
-@pytest.mark.parametrize("max_epochs, max_steps, expected", [
-    # hand-worked: 5 batches, accumulate 2 -> updates on batches 2, 4 and the partial window {5}: 3 per epoch;
-    # linear decay from 1e-3 over N updates gives 1e-3 * (N - k) / N at update k
-    (1, -1, [1e-3, 2e-3 / 3, 1e-3 / 3]),
-    (2, 4, [1e-3 * (4 - k) / 4 for k in range(4)]),  # max_steps counts updates on both paths
-])
+@pytest.mark.parametrize(
+    "max_epochs, max_steps, expected",
+    [
+        # hand-worked: 5 batches, accumulate 2 -> updates on batches 2, 4 and the partial window {5}: 3 per epoch;
+        # linear decay from 1e-3 over N updates gives 1e-3 * (N - k) / N at update k
+        (1, -1, [1e-3, 2e-3 / 3, 1e-3 / 3]),
+        (2, 4, [1e-3 * (4 - k) / 4 for k in range(4)]),  # max_steps counts updates on both paths
+    ],
+)
 def test_gradcache_accumulation_lr_schedule_equals_plain_path(tiny_model_dir, max_epochs, max_steps, expected):
     """Reference: Lightning's automatic optimisation (ceil(batches / accumulate) updates per epoch, the last
     window partial) and the hand-worked LRs above. Before the fix GradCache used floor(5 / 2) = 2 updates:
     LRs [1e-3, 5e-4, 0.0] for one epoch."""
     rows = _rows(10)
     _, plain, _ = _fit(tiny_model_dir, _datamodule(rows, 2), accumulate=2, max_epochs=max_epochs, max_steps=max_steps)
-    trainer, cached, _ = _fit(tiny_model_dir, _datamodule(rows, 2), accumulate=2, grad_cache={"chunk_size": 1},
-                              max_epochs=max_epochs, max_steps=max_steps)
+    trainer, cached, _ = _fit(
+        tiny_model_dir,
+        _datamodule(rows, 2),
+        accumulate=2,
+        grad_cache={"chunk_size": 1},
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+    )
     assert plain.lrs == pytest.approx(expected, rel=1e-9)
     assert cached.lrs == pytest.approx(plain.lrs, rel=1e-9)
     assert trainer.global_step == len(expected)
@@ -104,8 +143,9 @@ def test_gradcache_warmup_schedule_equals_plain_path(tiny_model_dir):
     """Warm-up too: both paths size it from the same (ceil) number of updates. Reference: the plain path."""
     rows = _rows(14)
     _, plain, _ = _fit(tiny_model_dir, _datamodule(rows, 2), accumulate=3, max_epochs=2, warmup_ratio=0.3)
-    _, cached, _ = _fit(tiny_model_dir, _datamodule(rows, 2), accumulate=3, grad_cache={"chunk_size": 2},
-                        max_epochs=2, warmup_ratio=0.3)
+    _, cached, _ = _fit(
+        tiny_model_dir, _datamodule(rows, 2), accumulate=3, grad_cache={"chunk_size": 2}, max_epochs=2, warmup_ratio=0.3
+    )
     assert len(plain.lrs) == 6  # 7 batches, accumulate 3: windows of 3, 3, 1 per epoch
     assert cached.lrs == pytest.approx(plain.lrs, rel=1e-9)
 
@@ -166,7 +206,9 @@ def test_resume_with_changed_data_order_is_one_line_error(change, saved_run, tin
 def test_resume_check_includes_world_size(saved_run):
     """The position counts batches per rank: 2 ranks would each skip 2 batches of their half of the order."""
     ckpt, _ = saved_run
-    with pytest.raises(ConfigError, match=r"world size \(trainer.devices x trainer.num_nodes\)=1 in the checkpoint but 2"):
+    with pytest.raises(
+        ConfigError, match=r"world size \(trainer.devices x trainer.num_nodes\)=1 in the checkpoint but 2"
+    ):
         check_resume_data(str(ckpt), _datamodule(_rows(ROWS), 4), world_size=2)
     check_resume_data(str(ckpt), _datamodule(_rows(ROWS), 4), world_size=1)  # unchanged: no error
     check_resume_data(None, _datamodule(_rows(ROWS), 2))  # no checkpoint: nothing to check
@@ -204,16 +246,32 @@ def test_matryoshka_sampled_dims_resume_reproduces_the_draw(tiny_model_dir, tmp_
     """An uninterrupted run and a run stopped after step 1 and resumed train the same dims at every step, and
     every loss call of a step (4 GradCache anchor chunks x 2 accumulated micro-batches) uses one set.
     Reference: MatryoshkaLoss.step_dims(step, seed), a pure function of (seed, global step)."""
+
     def loss():
         return MatryoshkaLoss(InfoNCELoss(), dims=[32, 16, 8, 4], n_dims_per_step=2)
 
     gc = {"chunk_size": 2, "anchor_chunk_size": 1}
     rows = _rows(24)  # batch 4, accumulate 2: 3 updates in the epoch
     _, full, _ = _fit(tiny_model_dir, _datamodule(rows, 4, seed=7), accumulate=2, grad_cache=gc, loss=loss())
-    _, first, _ = _fit(tiny_model_dir, _datamodule(rows, 4, seed=7), accumulate=2, grad_cache=gc, loss=loss(),
-                       max_steps=1, ckpt_dir=tmp_path / "ck", every_n_steps=1)
-    _, resumed, _ = _fit(tiny_model_dir, _datamodule(rows, 4, seed=7), accumulate=2, grad_cache=gc, loss=loss(),
-                         ckpt_path=str(tmp_path / "ck" / LAST), ckpt_dir=tmp_path / "ck2")
+    _, first, _ = _fit(
+        tiny_model_dir,
+        _datamodule(rows, 4, seed=7),
+        accumulate=2,
+        grad_cache=gc,
+        loss=loss(),
+        max_steps=1,
+        ckpt_dir=tmp_path / "ck",
+        every_n_steps=1,
+    )
+    _, resumed, _ = _fit(
+        tiny_model_dir,
+        _datamodule(rows, 4, seed=7),
+        accumulate=2,
+        grad_cache=gc,
+        loss=loss(),
+        ckpt_path=str(tmp_path / "ck" / LAST),
+        ckpt_dir=tmp_path / "ck2",
+    )
     assert len(full.dims) == 3 * 2 * 4
     per_step = {}
     for step, dims in full.dims:

@@ -214,8 +214,13 @@ def _tiny_roberta(tmp_path, tiny_model_dir, hidden_size=32):
 
     path = tmp_path / f"tiny-roberta-{hidden_size}"
     config = RobertaConfig(
-        vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=2 * hidden_size, max_position_embeddings=514, pad_token_id=0,
+        vocab_size=30522,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=514,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     RobertaModel(config).save_pretrained(path, safe_serialization=True)
@@ -268,8 +273,11 @@ def test_decoder_with_other_vocabulary_retokenizes(encoder, tmp_path, tiny_model
     ids, mask = feats["input_ids"], feats["attention_mask"]
     with torch.no_grad():
         ref = loss.decoder(
-            input_ids=ids, attention_mask=mask, encoder_hidden_states=emb[:, None, :],
-            labels=ids.masked_fill(mask == 0, -100), use_cache=False,
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=emb[:, None, :],
+            labels=ids.masked_fill(mask == 0, -100),
+            use_cache=False,
         ).loss
     assert abs(got.item() - ref.item()) < 1e-5
 
@@ -294,8 +302,11 @@ def test_loss_matches_independent_computation(encoder, tie):
     # (a) Hugging Face's own causal-LM loss: full sequence, labels = input_ids with padding -100 (HF shifts)
     with torch.no_grad():
         hf = loss.decoder(
-            input_ids=ids, attention_mask=mask, encoder_hidden_states=emb[:, None, :],
-            labels=ids.masked_fill(mask == 0, -100), use_cache=False,
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=emb[:, None, :],
+            labels=ids.masked_fill(mask == 0, -100),
+            use_cache=False,
         )
     # (b) by hand: mean over every non-padding next token of -log softmax
     terms = []

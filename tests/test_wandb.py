@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from embedexp import loggers
-from embedexp.loggers import choose_mode, find_api_key, read_wandb_run, reachable
+from embedexp.loggers import choose_mode, find_api_key, reachable, read_wandb_run
 from embedexp.sweep_report import main as report_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,8 +24,13 @@ def wandb_env(tmp_path, monkeypatch):
     """No W&B state of this machine leaks in: wandb dirs, netrc and cache under tmp_path; no mode, no key."""
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_PROJECT", "WANDB_ENTITY"):
         monkeypatch.delenv(name, raising=False)
-    for name, sub in (("WANDB_DIR", "wandb"), ("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_DATA_DIR", "wandb-data"),
-                      ("WANDB_CONFIG_DIR", "wandb-config"), ("EMBEDEXP_CACHE", "cache")):
+    for name, sub in (
+        ("WANDB_DIR", "wandb"),
+        ("WANDB_CACHE_DIR", "wandb-cache"),
+        ("WANDB_DATA_DIR", "wandb-data"),
+        ("WANDB_CONFIG_DIR", "wandb-config"),
+        ("EMBEDEXP_CACHE", "cache"),
+    ):
         monkeypatch.setenv(name, str(tmp_path / sub))
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -72,7 +77,10 @@ def test_secret_overrides_are_scrubbed_from_run_names():
 def test_logger_without_key_writes_an_offline_run(wandb_env, tmp_path):
     from embedexp.loggers import log_results, wandb_logger
 
-    rows = {"x/ndcg@10": {"base": 0.25, "tuned": 0.5, "delta": 0.25}, "x/spearman": {"base": 0.1, "tuned": None, "delta": None}}
+    rows = {
+        "x/ndcg@10": {"base": 0.25, "tuned": 0.5, "delta": 0.25},
+        "x/spearman": {"base": 0.1, "tuned": None, "delta": None},
+    }
     t0 = time.perf_counter()
     logger = wandb_logger(save_dir=str(tmp_path / "out"), init_timeout_s=20)
     logger.log_metrics({"train/loss": 1.5}, step=1)
@@ -94,13 +102,28 @@ def trained(tmp_path_factory):
     """A tiny training with logger=wandb, a fake API key and no reachable W&B server, as a CLI run."""
     tmp = tmp_path_factory.mktemp("wandb_run")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": UNREACHABLE, "NETRC": str(tmp / "no-netrc"),
-                "WANDB_DIR": str(tmp / "wandb"), "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
-                "WANDB_DATA_DIR": str(tmp / "wandb-data"), "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
-                "EMBEDEXP_CACHE": str(tmp / "cache")})
+    env.update(
+        {
+            "WANDB_API_KEY": FAKE_KEY,
+            "WANDB_BASE_URL": UNREACHABLE,
+            "NETRC": str(tmp / "no-netrc"),
+            "WANDB_DIR": str(tmp / "wandb"),
+            "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+            "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+            "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+            "EMBEDEXP_CACHE": str(tmp / "cache"),
+        }
+    )
     out = tmp / "run"
-    cmd = [sys.executable, "-m", "embedexp.train", "experiment=demo_tiny", "logger=wandb", "trainer.max_steps=3",
-           f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embedexp.train",
+        "experiment=demo_tiny",
+        "logger=wandb",
+        "trainer.max_steps=3",
+        f"hydra.run.dir={out}",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     seconds = time.perf_counter() - t0
@@ -124,7 +147,9 @@ def test_offline_run_holds_the_results_json_numbers(trained):
     assert table["data"] == [[m, r["base"], r["tuned"], r["delta"]] for m, r in results["metrics"].items()]
     assert run["config"]["trainer"]["max_steps"] == 3 and run["config"]["seed"] == results["config"]["seed"]
     (model,) = [a for a in run["artifacts"] if a["type"] == "model"]
-    assert model["files"] == sorted(str(p.relative_to(out / "model")) for p in (out / "model").rglob("*") if p.is_file())
+    assert model["files"] == sorted(
+        str(p.relative_to(out / "model")) for p in (out / "model").rglob("*") if p.is_file()
+    )
 
 
 def test_api_key_is_in_no_file(trained):

@@ -34,8 +34,12 @@ def check_data_config(prefix: str, data: Any) -> None:
     elif fmt == "sentences" and not train.get("path"):
         raise ConfigError(f"{prefix}.train needs root (a BEIR folder) or path (a text file) for format=sentences")
     else:
-        what = {"pairs": "a pairs jsonl file", "labeled_pairs": "a labeled pairs jsonl file",
-                "sts": "an STS tsv file", "sentences": "a text file, one text per line"}[fmt]
+        what = {
+            "pairs": "a pairs jsonl file",
+            "labeled_pairs": "a labeled pairs jsonl file",
+            "sts": "an STS tsv file",
+            "sentences": "a text file, one text per line",
+        }[fmt]
         check_file(f"{prefix}.train.path", train.get("path"), what)
     if fmt == "sts":
         check_number(f"{prefix}.train.max_score", train.get("max_score", 5.0), 0, low_open=True)

@@ -142,7 +142,11 @@ class EmbeddingDataModule(L.LightningDataModule):
         g.manual_seed(self.seed)
         rank, world = 0, 1
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1 and not trainer._accelerator_connector.use_distributed_sampler:
+        if (
+            trainer is not None
+            and trainer.world_size > 1
+            and not trainer._accelerator_connector.use_distributed_sampler
+        ):
             rank, world = trainer.global_rank, trainer.world_size  # we split the rows ourselves (resumable)
         self.sampler = ResumableSampler(len(ts), self.batch_size, self.seed, self.shuffle, rank, world)
         if self._resume is not None:

@@ -7,7 +7,6 @@ Every problem is reported as one line naming the file (and line) and what was ex
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import logging
@@ -53,14 +52,18 @@ def _lines(path: Path, on_error: str) -> Iterator[tuple[int, str]]:
     """
     empty = True
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 empty = False
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    _fail(on_error, path, f"line {lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
-                                          "expected a UTF-8 file")
+                    _fail(
+                        on_error,
+                        path,
+                        f"line {lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                        "expected a UTF-8 file",
+                    )
                     continue
                 if lineno == 1:
                     text = text.lstrip("\ufeff")
@@ -127,7 +130,8 @@ def _untokenizable(value, where: str = "") -> str | None:
     if isinstance(value, dict):
         for k, v in value.items():
             found = _untokenizable(k, f"key {where + '.' if where else ''}{k!r}") or _untokenizable(
-                v, f"{where}.{k}" if where else repr(k))
+                v, f"{where}.{k}" if where else repr(k)
+            )
             if found:
                 return found
     if isinstance(value, list):
@@ -228,7 +232,11 @@ def load_qrels(
         if len(row) == 4:  # TREC layout: qid 0 docid grade
             row = [row[0], row[2], row[3]]
         if len(row) != 3:
-            _fail(on_error, path, f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+            _fail(
+                on_error,
+                path,
+                f"line {lineno}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}",
+            )
             continue
         qid, did, score = row
         grade = _grade(score)
@@ -261,8 +269,10 @@ def _grade(score: str) -> int | str:
         return "is not a number"
     if math.isfinite(value) and value.is_integer():
         return int(value)
-    return ("is not a whole number; expected an integer grade (e.g. 0, 1, 2), "
-            "not a fraction that would be truncated to another relevance")
+    return (
+        "is not a whole number; expected an integer grade (e.g. 0, 1, 2), "
+        "not a fraction that would be truncated to another relevance"
+    )
 
 
 def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") -> list[tuple[str, str, float]]:
@@ -282,14 +292,20 @@ def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") 
             try:
                 columns = tuple(header.index(c) for c in ("score", "sentence1", "sentence2"))  # type: ignore[assignment]
             except ValueError:
-                raise DataError(f"{path}: line {lineno}: header must name the columns score, sentence1, sentence2 (tab separated); got {header}") from None
+                raise DataError(
+                    f"{path}: line {lineno}: header must name the columns score, sentence1, sentence2 (tab separated); got {header}"
+                ) from None
             continue
         if not line.strip():
             continue
         i_score, i_a, i_b = columns
         cols = line.split("\t")
         if len(cols) <= max(columns):
-            _fail(on_error, path, f"line {lineno}: expected at least {max(columns) + 1} tab-separated columns, got {len(cols)}")
+            _fail(
+                on_error,
+                path,
+                f"line {lineno}: expected at least {max(columns) + 1} tab-separated columns, got {len(cols)}",
+            )
             continue
         try:
             score = float(cols[i_score])
@@ -324,7 +340,11 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[tuple[str, ...
         negs = obj.get("negatives", [obj["negative"]] if "negative" in obj else [])
         texts = [anchor, positive, *negs] if isinstance(negs, list) else None
         if texts is None or not all(isinstance(t, str) and t.strip() for t in texts):
-            _fail(on_error, path, f"line {lineno}: expected non-empty strings 'anchor' (or 'query'), 'positive' and optional 'negatives' list")
+            _fail(
+                on_error,
+                path,
+                f"line {lineno}: expected non-empty strings 'anchor' (or 'query'), 'positive' and optional 'negatives' list",
+            )
             continue
         if n_neg is None:
             n_neg = len(negs)

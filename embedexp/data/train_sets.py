@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -96,7 +95,9 @@ def labeled_pair_rows(path: str, on_error: str = "raise") -> TrainSet:
     return TrainSet(("text_a", "text_b"), ("document", "document"), rows, labels=labels)
 
 
-def sts_rows(path: str, on_error: str = "raise", max_score: float = 5.0, binary_threshold: float | None = None) -> TrainSet:
+def sts_rows(
+    path: str, on_error: str = "raise", max_score: float = 5.0, binary_threshold: float | None = None
+) -> TrainSet:
     """(text_a, text_b) with label = score / max_score in [0, 1], or 1/0 by `binary_threshold` on the raw score."""
     data = load_sts(path, max_score=max_score, on_error=on_error)
     if binary_threshold is None:

@@ -55,14 +55,20 @@ def split_rows(features: dict[str, torch.Tensor], chunk_size: int) -> list[dict[
         if mask is not None and mask.ndim == 2:
             active = mask[s : s + chunk_size].any(dim=0).nonzero()
             width = int(active.max()) + 1 if active.numel() else None
-        chunks.append({
-            k: v[s : s + chunk_size, :width] if (width and v.ndim == 2 and v.shape[1] == mask.shape[1]) else v[s : s + chunk_size]
-            for k, v in features.items()
-        })
+        chunks.append(
+            {
+                k: v[s : s + chunk_size, :width]
+                if (width and v.ndim == 2 and v.shape[1] == mask.shape[1])
+                else v[s : s + chunk_size]
+                for k, v in features.items()
+            }
+        )
     return chunks
 
 
-def chunk_rows(features: dict[str, torch.Tensor], chunk_size: int) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
+def chunk_rows(
+    features: dict[str, torch.Tensor], chunk_size: int
+) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor | None]:
     """Rows sorted longest first, then cut into chunks (each trimmed to its own longest text).
 
     Similar lengths share a chunk, so chunks carry little padding; rows are encoded independently, so

@@ -28,11 +28,15 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
     ks = {k: check_int_list(f"eval.{k}", ev[k]) for k in K_LISTS if k in ev}
     dims = check_int_list("eval.dims", ev.get("dims"), optional=True)
     if dims and model_dim is not None and max(dims) > model_dim:
-        raise ConfigError(f"eval.dims={dims}; {max(dims)} exceeds the model's embedding dimension {model_dim}; "
-                          f"expected dims <= {model_dim}")
+        raise ConfigError(
+            f"eval.dims={dims}; {max(dims)} exceeds the model's embedding dimension {model_dim}; "
+            f"expected dims <= {model_dim}"
+        )
     stats = ev.get("stats")
     if stats is not None:
-        check_section(stats, "eval.stats", ("alpha", "confidence", "n_resamples", "seed"), "alpha, confidence, n_resamples, seed")
+        check_section(
+            stats, "eval.stats", ("alpha", "confidence", "n_resamples", "seed"), "alpha, confidence, n_resamples, seed"
+        )
         check_number("eval.stats.alpha", stats.get("alpha", 0.05), 0, 1, low_open=True, high_open=True)
         check_number("eval.stats.confidence", stats.get("confidence", 0.95), 0, 1, low_open=True, high_open=True)
         check_int("eval.stats.n_resamples", stats.get("n_resamples", 10000), 100)
@@ -50,7 +54,9 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
             check_dir(f"{key}.root", spec.get("root"), "a BEIR folder")
             check_bool(f"{key}.ignore_identical_ids", spec.get("ignore_identical_ids", False), optional=False)
             if ks and not any(ks.values()):
-                raise ConfigError(f"eval: every metric cut-off list ({', '.join(ks)}) is empty; expected at least one k")
+                raise ConfigError(
+                    f"eval: every metric cut-off list ({', '.join(ks)}) is empty; expected at least one k"
+                )
         elif spec["type"] == "pairs":
             check_file(f"{key}.path", spec.get("path"), "a pairs jsonl file (anchor, positive[, negatives])")
         else:

@@ -39,7 +39,12 @@ class Evaluator:
     ) -> None:
         self.sets = load_eval_sets(sets)
         self.batch_size = batch_size
-        self.ks = {"ndcg_at": list(ndcg_at), "recall_at": list(recall_at), "mrr_at": list(mrr_at), "map_at": list(map_at)}
+        self.ks = {
+            "ndcg_at": list(ndcg_at),
+            "recall_at": list(recall_at),
+            "mrr_at": list(mrr_at),
+            "map_at": list(map_at),
+        }
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.show_progress = show_progress
         # Matryoshka: also score embeddings truncated to each of these dims (re-normalised)
@@ -68,7 +73,9 @@ class Evaluator:
         try:  # trusted only if metrics is a non-empty mapping of metric -> number
             data = json.loads(path.read_text(encoding="utf-8"))
             metrics, units = data["metrics"], data.get("units", {})
-            if not metrics or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+            if not metrics or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()
+            ):
                 raise ValueError("metrics are not numbers")
             if not isinstance(units, dict):
                 raise ValueError("units is not a mapping")
@@ -136,7 +143,9 @@ class Evaluator:
         k = max(max(v) for v in self.ks.values() if v)
         out, units = {}, {}
         for dim, suffix in self._dims(q.shape[1]):
-            run = retrieve(s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k, ignore_identical_ids=s.ignore_identical_ids)
+            run = retrieve(
+                s.query_ids, q[:, :dim], s.doc_ids, d[:, :dim], k, ignore_identical_ids=s.ignore_identical_ids
+            )
             ids, per_query = ir_metrics_per_query(run, s.qrels, **self.ks)
             out.update({f"{name}{suffix}": float(np.mean(v)) for name, v in per_query.items()})
             if not suffix:
@@ -154,7 +163,9 @@ class Evaluator:
             out.update({f"spearman{suffix}": spearman(cos, s.scores), f"pearson{suffix}": pearson(cos, s.scores)})
             if not suffix:
                 ids = [str(i) for i in range(len(cos))]
-                units = {m: {"ids": ids, "scores": cos, "gold": list(s.scores), "method": m} for m in ("spearman", "pearson")}
+                units = {
+                    m: {"ids": ids, "scores": cos, "gold": list(s.scores), "method": m} for m in ("spearman", "pearson")
+                }
         return out, units
 
     def _dims(self, full: int) -> list[tuple[int, str]]:

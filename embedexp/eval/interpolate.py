@@ -53,8 +53,9 @@ def _check_alpha(alpha: float) -> float:
     return a
 
 
-def _check_pair(base: Tensors, tuned: Tensors, names: tuple[str, str] = ("base state", "tuned state"),
-                dtypes: bool = True) -> None:
+def _check_pair(
+    base: Tensors, tuned: Tensors, names: tuple[str, str] = ("base state", "tuned state"), dtypes: bool = True
+) -> None:
     """Same keys, shapes and (for floating tensors) dtypes; ValueError naming the first key that differs."""
     first, second = names
     hint = _prefix_hint(list(base), list(tuned))
@@ -69,11 +70,15 @@ def _check_pair(base: Tensors, tuned: Tensors, names: tuple[str, str] = ("base s
     for k, b in base.items():
         t = tuned[k]
         if tuple(b.shape) != tuple(t.shape):
-            raise ValueError(f"state dicts differ: {k!r} has shape {tuple(b.shape)} in the {first} "
-                             f"and {tuple(t.shape)} in the {second}")
+            raise ValueError(
+                f"state dicts differ: {k!r} has shape {tuple(b.shape)} in the {first} "
+                f"and {tuple(t.shape)} in the {second}"
+            )
         if dtypes and (b.is_floating_point() or t.is_floating_point()) and b.dtype != t.dtype:
-            raise ValueError(f"state dicts differ: {k!r} is {b.dtype} in the {first} and {t.dtype} in the "
-                             f"{second}; cast one of them first")
+            raise ValueError(
+                f"state dicts differ: {k!r} is {b.dtype} in the {first} and {t.dtype} in the "
+                f"{second}; cast one of them first"
+            )
 
 
 def _prefix_hint(a: list[str], b: list[str]) -> str:
@@ -212,8 +217,11 @@ def sweep(
             if "alpha" in metrics:
                 raise ValueError("evaluate() returned a metric named 'alpha', which sweep uses for the weight")
             rows.append({"alpha": a, **metrics})
-            log.info("interpolation alpha=%g: %s", a, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                                            if isinstance(v, (int, float))))
+            log.info(
+                "interpolation alpha=%g: %s",
+                a,
+                ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float))),
+            )
     finally:
         load_interpolated(module, base_state, tuned_state, 1.0)
     return rows
@@ -293,8 +301,10 @@ def choose(
     if generals:
         base = next((r for r in rows if float(r["alpha"]) == 0.0), None)
         if base is None:
-            raise ValueError(f"no row with alpha=0 (the base model) among alphas {alphas}; the general-metric "
-                             "guard measures drops from it")
+            raise ValueError(
+                f"no row with alpha=0 (the base model) among alphas {alphas}; the general-metric "
+                "guard measures drops from it"
+            )
         for g in generals:
             if not _finite(base.get(g)):
                 raise ValueError(f"the base row (alpha=0) has no finite value for general metric {g!r}")
@@ -309,8 +319,9 @@ def choose(
     with_dev = [r for r in rows if _finite(r.get(dev_metric))]
     allowed = [r for r in with_dev if ok(r)]
     if not allowed:
-        raise ValueError(f"no row has a finite {dev_metric!r}" + (" among those within the general-metric guard"
-                                                                 if with_dev else ""))
+        raise ValueError(
+            f"no row has a finite {dev_metric!r}" + (" among those within the general-metric guard" if with_dev else "")
+        )
     best = max(allowed, key=key)
     best_dev = max(with_dev, key=lambda r: (float(r[dev_metric]), -float(r["alpha"])))
     excluded = sorted(float(r["alpha"]) for r in rows if generals and not ok(r))
@@ -318,16 +329,19 @@ def choose(
     if not generals:
         reason = f"best {dev_metric} ({float(best[dev_metric]):.4f}); no general metric to guard"
     elif best is best_dev or float(best_dev[dev_metric]) == float(best[dev_metric]):
-        reason = (f"best {dev_metric} ({float(best[dev_metric]):.4f}), within the allowed general drop of "
-                  f"{drop:g}" + (f" (excluded: alpha {', '.join(f'{x:g}' for x in excluded)})" if excluded else ""))
+        reason = f"best {dev_metric} ({float(best[dev_metric]):.4f}), within the allowed general drop of {drop:g}" + (
+            f" (excluded: alpha {', '.join(f'{x:g}' for x in excluded)})" if excluded else ""
+        )
     else:
         worst = min(generals, key=lambda g: float(best_dev[g]) - floors[g] if _finite(best_dev.get(g)) else -math.inf)
         value = best_dev.get(worst)
         shown = f"{float(value):.4f}" if _finite(value) else "missing"
-        reason = (f"best {dev_metric} within the allowed general drop of {drop:g} "
-                  f"({float(best[dev_metric]):.4f}); alpha={float(best_dev['alpha']):g} has a higher "
-                  f"{dev_metric} ({float(best_dev[dev_metric]):.4f}) but its {worst} ({shown}) is below the "
-                  f"allowed minimum {floors[worst]:.4f}")
+        reason = (
+            f"best {dev_metric} within the allowed general drop of {drop:g} "
+            f"({float(best[dev_metric]):.4f}); alpha={float(best_dev['alpha']):g} has a higher "
+            f"{dev_metric} ({float(best_dev[dev_metric]):.4f}) but its {worst} ({shown}) is below the "
+            f"allowed minimum {floors[worst]:.4f}"
+        )
     return {
         "alpha": a,
         "row": dict(best),
@@ -386,7 +400,8 @@ def markdown(
     out = "\n".join(lines) + "\n"
     if floors:
         out += "\nallowed minimum (base - {:g}): {}\n".format(
-            float(chosen.get("max_general_drop", 0.0)), ", ".join(f"{g} >= {v:.4f}" for g, v in floors.items()))
+            float(chosen.get("max_general_drop", 0.0)), ", ".join(f"{g} >= {v:.4f}" for g, v in floors.items())
+        )
     out += f"\nchosen: alpha = {float(chosen['alpha']):g}: {chosen.get('reason', '')}\n"
     return out
 
@@ -442,8 +457,16 @@ def plot_pareto(
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
         if g is not None and g in floors:
             ax.axvline(floors[g], color="#d1342f", linestyle="--", linewidth=1)
-            ax.annotate(f"allowed min {floors[g]:.4f}", (floors[g], 0.02), xycoords=("data", "axes fraction"),
-                        rotation=90, fontsize=7, color="#d1342f", xytext=(-9, 0), textcoords="offset points")
+            ax.annotate(
+                f"allowed min {floors[g]:.4f}",
+                (floors[g], 0.02),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                fontsize=7,
+                color="#d1342f",
+                xytext=(-9, 0),
+                textcoords="offset points",
+            )
             xs = [p[1] for p in pts] + [floors[g]]
             pad = 0.08 * ((max(xs) - min(xs)) or 0.01)
             ax.set_xlim(min(xs) - pad, max(xs) + 3 * pad)  # room for the labels right of the points

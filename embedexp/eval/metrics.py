@@ -75,7 +75,9 @@ def top_k(
     return torch.cat(scores), torch.cat(idx)
 
 
-def _trec_top_k(sim: torch.Tensor, v: torch.Tensor, i: torch.Tensor, id_rank: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _trec_top_k(
+    sim: torch.Tensor, v: torch.Tensor, i: torch.Tensor, id_rank: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-select torch.topk's (v, i) by trec_eval's rule: ties at the cut, then order within the k."""
     k = v.shape[1]
     v_np, i_np = v.cpu().numpy().copy(), i.cpu().numpy().copy()

@@ -76,7 +76,11 @@ def no_network(what: str, allow_hosts: tuple[str, ...] = ()) -> Iterator[list]:
     if network_allowed():
         yield attempts
         return
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex, real_getaddrinfo = (
+        socket.socket.connect,
+        socket.socket.connect_ex,
+        socket.getaddrinfo,
+    )
     inet = (socket.AF_INET, socket.AF_INET6)
     hosts = set(_LOOPBACK) | {h for h in allow_hosts if h}
     addresses: set[str] = set()
@@ -110,15 +114,25 @@ def no_network(what: str, allow_hosts: tuple[str, ...] = ()) -> Iterator[list]:
     try:
         yield attempts
     finally:
-        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo
+        socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = (
+            real_connect,
+            real_connect_ex,
+            real_getaddrinfo,
+        )
 
 
 # ---------------------------------------------------------------- model adapter
 class MtebEncoder:
     """mteb's EncoderProtocol around an `embedexp.models.Encoder` (cosine similarity, like our evaluator)."""
 
-    def __init__(self, encoder, batch_size: int = 64, show_progress: bool = False, revision: str | None = None,
-                 experiment: dict | None = None) -> None:
+    def __init__(
+        self,
+        encoder,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        revision: str | None = None,
+        experiment: dict | None = None,
+    ) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
         self.show_progress = show_progress
@@ -133,7 +147,11 @@ class MtebEncoder:
         return self._meta
 
     def encode(self, inputs, *, task_metadata, hf_split: str, hf_subset: str, prompt_type=None, **kwargs) -> np.ndarray:
-        kind = "query" if prompt_type is not None and str(getattr(prompt_type, "value", prompt_type)) == "query" else "document"
+        kind = (
+            "query"
+            if prompt_type is not None and str(getattr(prompt_type, "value", prompt_type)) == "query"
+            else "document"
+        )
         texts = [t for batch in inputs for t in batch["text"]]
         emb = self.encoder.encode(
             texts,
@@ -248,9 +266,16 @@ def local_set_task(name: str, data_set, spec: dict):
         main_score="ndcg_at_10" if retrieval else "cosine_spearman",
     )
     if retrieval:  # the set's own ignore_identical_ids, the same one our evaluator applies
-        return _task_on(AbsTaskRetrieval, data_set, split, metadata=metadata,
-                        ignore_identical_ids=bool(data_set.ignore_identical_ids))
-    return _task_on(AbsTaskSTS, data_set, split, metadata=metadata, min_score=0, max_score=float(spec.get("max_score", 5.0)))
+        return _task_on(
+            AbsTaskRetrieval,
+            data_set,
+            split,
+            metadata=metadata,
+            ignore_identical_ids=bool(data_set.ignore_identical_ids),
+        )
+    return _task_on(
+        AbsTaskSTS, data_set, split, metadata=metadata, min_score=0, max_score=float(spec.get("max_score", 5.0))
+    )
 
 
 def _local_path(spec: dict) -> str | None:
@@ -280,13 +305,23 @@ def named_task(name: str, local: dict | None, key: str = "eval.mteb") -> Resolve
     local = dict(local or {})
     if local and _local_path(local) and Path(str(_local_path(local))).expanduser().exists():
         data_set = load_eval_set(name, local, key=f"{key}.local_data.{name}")
-        want = "retrieval" if task.metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval") else "sts" if task.metadata.type == "STS" else None
+        want = (
+            "retrieval"
+            if task.metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval")
+            else "sts"
+            if task.metadata.type == "STS"
+            else None
+        )
         got = local.get("type")
         if want is None:
-            raise ConfigError(f"{key}.local_data.{name}: task {name} is of mteb type {task.metadata.type}; only Retrieval "
-                              "and STS tasks read local files (drop it from local_data to use mteb's loader)")
+            raise ConfigError(
+                f"{key}.local_data.{name}: task {name} is of mteb type {task.metadata.type}; only Retrieval "
+                "and STS tasks read local files (drop it from local_data to use mteb's loader)"
+            )
         if want != got:
-            raise ConfigError(f"{key}.local_data.{name}.type={got!r}; task {name} is of mteb type {task.metadata.type}, expected type {want!r}")
+            raise ConfigError(
+                f"{key}.local_data.{name}.type={got!r}; task {name} is of mteb type {task.metadata.type}, expected type {want!r}"
+            )
         split = str(local.get("split", "test"))
         attrs = {"metadata": task.metadata}
         if isinstance(data_set, RetrievalSet) and "ignore_identical_ids" in local:
@@ -343,9 +378,13 @@ class MtebEvaluation:
         if tasks is None:
             tasks = []
         if isinstance(tasks, str) or not all(isinstance(t, str) and t for t in tasks):
-            raise ConfigError(f"eval.mteb.tasks={tasks!r}; expected a list of mteb task names, e.g. [STSBenchmark, SciFact]")
+            raise ConfigError(
+                f"eval.mteb.tasks={tasks!r}; expected a list of mteb task names, e.g. [STSBenchmark, SciFact]"
+            )
         if overwrite_strategy not in OVERWRITE_STRATEGIES:
-            raise ConfigError(f"eval.mteb.overwrite_strategy={overwrite_strategy!r}; expected one of {', '.join(OVERWRITE_STRATEGIES)}")
+            raise ConfigError(
+                f"eval.mteb.overwrite_strategy={overwrite_strategy!r}; expected one of {', '.join(OVERWRITE_STRATEGIES)}"
+            )
         if metrics is not None and (isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics)):
             raise ConfigError(f"eval.mteb.metrics={metrics!r}; expected a list of mteb score names or null (all)")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -363,7 +402,11 @@ class MtebEvaluation:
             log.info("eval.mteb.local_data: %s not in eval.mteb.tasks; not run", ", ".join(unknown))
         if local_sets:
             for s in eval_sets or []:
-                self.tasks.append(ResolvedTask(local_set_task(s.name, s, dict((set_specs or {}).get(s.name) or {})), s.fingerprint, "eval set"))
+                self.tasks.append(
+                    ResolvedTask(
+                        local_set_task(s.name, s, dict((set_specs or {}).get(s.name) or {})), s.fingerprint, "eval set"
+                    )
+                )
         for name in tasks:
             self.tasks.append(named_task(name, local_data.get(name)))
         names = [t.name for t in self.tasks]
@@ -374,7 +417,9 @@ class MtebEvaluation:
             log.info("mteb task %s: data from %s", t.name, t.source)
 
     def data_fingerprint(self) -> str:
-        return hashlib.blake2b(json.dumps([[t.name, t.fingerprint] for t in self.tasks]).encode(), digest_size=8).hexdigest()
+        return hashlib.blake2b(
+            json.dumps([[t.name, t.fingerprint] for t in self.tasks]).encode(), digest_size=8
+        ).hexdigest()
 
     def settings(self) -> dict:
         """Everything that changes the numbers (for the evaluator's cache key)."""
@@ -422,7 +467,11 @@ class MtebEvaluation:
             for split, entries in splits.items():
                 for entry in entries:
                     subset = entry.get("hf_subset", "default")
-                    parts = ["mteb", tr.task_name] + ([split] if len(splits) > 1 else []) + ([subset] if subset != "default" else [])
+                    parts = (
+                        ["mteb", tr.task_name]
+                        + ([split] if len(splits) > 1 else [])
+                        + ([subset] if subset != "default" else [])
+                    )
                     prefix = "/".join(parts)
                     for name, value in entry.items():
                         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
@@ -433,11 +482,18 @@ class MtebEvaluation:
         return out
 
 
-def from_config(cfg: dict | None, eval_sets: list, set_specs: dict, cache_dir, batch_size: int, show_progress: bool) -> MtebEvaluation | None:
+def from_config(
+    cfg: dict | None, eval_sets: list, set_specs: dict, cache_dir, batch_size: int, show_progress: bool
+) -> MtebEvaluation | None:
     """`eval.mteb` -> MtebEvaluation (None when the section is absent/null)."""
     if cfg is None:
         return None
     check_section(cfg, "eval.mteb", SETTING_KEYS, "tasks, local_sets, local_data, ...")
-    return MtebEvaluation(**cfg, eval_sets=eval_sets, set_specs=set_specs, cache_dir=cache_dir,
-                          default_batch_size=batch_size, show_progress=show_progress)
-
+    return MtebEvaluation(
+        **cfg,
+        eval_sets=eval_sets,
+        set_specs=set_specs,
+        cache_dir=cache_dir,
+        default_batch_size=batch_size,
+        show_progress=show_progress,
+    )

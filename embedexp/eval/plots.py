@@ -131,8 +131,11 @@ def plot_matryoshka(table: dict[str, dict[str, dict]], path: Path) -> Path:
 
 def plot_base_vs_tuned(rows: dict[str, dict], path: Path) -> Path | None:
     """Horizontal bars of every full-dim score, base and fine-tuned; None when there is nothing to compare."""
-    names = [n for n, r in rows.items() if not DIM_KEY.match(n) and not NOT_A_SCORE.search(n)
-             and _finite(r.get("base")) and _finite(r.get("tuned"))]
+    names = [
+        n
+        for n, r in rows.items()
+        if not DIM_KEY.match(n) and not NOT_A_SCORE.search(n) and _finite(r.get("base")) and _finite(r.get("tuned"))
+    ]
     if not names:
         return None
     fig = _figure(8, 1.0 + 0.45 * len(names))
@@ -164,8 +167,16 @@ def plot_deltas(rows: dict[str, dict], path: Path) -> Path | None:
     for y, n in enumerate(names):
         r = rows[n]
         colour = VERDICT_COLOURS.get(r["verdict"], "black")
-        ax.errorbar([r["delta"]], [y], xerr=[[r["delta"] - r["ci_low"]], [r["ci_high"] - r["delta"]]], fmt="o",
-                    color=colour, ecolor=colour, capsize=4, markersize=6)
+        ax.errorbar(
+            [r["delta"]],
+            [y],
+            xerr=[[r["delta"] - r["ci_low"]], [r["ci_high"] - r["delta"]]],
+            fmt="o",
+            color=colour,
+            ecolor=colour,
+            capsize=4,
+            markersize=6,
+        )
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([f"{n}  (Holm p={rows[n]['p_holm']:.3g})" for n in names], fontsize=8)
@@ -174,7 +185,9 @@ def plot_deltas(rows: dict[str, dict], path: Path) -> Path | None:
     ax.grid(axis="x", alpha=0.3)
     handles = [ax.plot([], [], "o", color=c, label=v)[0] for v, c in VERDICT_COLOURS.items()]
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=3, frameon=False)
-    ax.set_title("change vs base: right of the line is better; a bar across it is no significant difference", fontsize=9)
+    ax.set_title(
+        "change vs base: right of the line is better; a bar across it is no significant difference", fontsize=9
+    )
     return _save(fig, path)
 
 
@@ -214,15 +227,20 @@ def plot_per_query(rows: dict[str, dict], units: dict | None, path: Path) -> Pat
             ax.set_ylabel("fine-tuned similarity")
         else:
             jitter = np.random.default_rng(0).uniform(-0.01, 0.01, (2, len(ids)))
-            colours = np.where(y > x + 1e-12, VERDICT_COLOURS["better"], np.where(y < x - 1e-12, VERDICT_COLOURS["worse"], "#8a8a8a"))
+            colours = np.where(
+                y > x + 1e-12, VERDICT_COLOURS["better"], np.where(y < x - 1e-12, VERDICT_COLOURS["worse"], "#8a8a8a")
+            )
             ax.scatter(x + jitter[0], y + jitter[1], c=colours, s=10, alpha=0.6)
             ax.set_xlabel(f"base {n.split('/', 1)[1]}")
             ax.set_ylabel(f"fine-tuned {n.split('/', 1)[1]}")
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
         r = rows[n]
-        counts = (f"{r['wins']} pairs nearer the gold rank / {r['losses']} further" if key == "scores"
-                  else f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied")
+        counts = (
+            f"{r['wins']} pairs nearer the gold rank / {r['losses']} further"
+            if key == "scores"
+            else f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied"
+        )
         ax.set_title(f"{n}\n{counts}", fontsize=9)
         ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -241,10 +259,12 @@ def write_plots(out_dir: str | Path, rows: dict[str, dict], units: dict | None =
         log.warning("Matryoshka retention table skipped: %s: %s", type(e).__name__, e)
         table = {}
     images = []
-    for name, draw in (("matryoshka.png", (lambda p: plot_matryoshka(table, p)) if table else None),
-                       ("deltas.png", lambda p: plot_deltas(rows, p)),
-                       ("per_query.png", lambda p: plot_per_query(rows, units, p)),
-                       ("base_vs_tuned.png", lambda p: plot_base_vs_tuned(rows, p))):
+    for name, draw in (
+        ("matryoshka.png", (lambda p: plot_matryoshka(table, p)) if table else None),
+        ("deltas.png", lambda p: plot_deltas(rows, p)),
+        ("per_query.png", lambda p: plot_per_query(rows, units, p)),
+        ("base_vs_tuned.png", lambda p: plot_base_vs_tuned(rows, p)),
+    ):
         if draw is None:
             continue
         try:
@@ -257,7 +277,10 @@ def write_plots(out_dir: str | Path, rows: dict[str, dict], units: dict | None =
             images.append(path.name)
     md = ""
     if table:
-        md += "\n## Matryoshka retention\n\nscore (and % of the full-dim score) at each embedding dim\n\n" + retention_markdown(table)
+        md += (
+            "\n## Matryoshka retention\n\nscore (and % of the full-dim score) at each embedding dim\n\n"
+            + retention_markdown(table)
+        )
     if images:
         md += "\n" + "".join(f"![{Path(i).stem}]({i})\n" for i in images)
     if md:

@@ -31,8 +31,16 @@ def _positive_int(key: str, value) -> int:
 class Reranker:
     """Cross-encoder second stage. `scorer` (anything with CrossEncoderScorer's `score`) replaces the model, for tests."""
 
-    def __init__(self, model: str | None = None, top_k: int = 100, batch_size: int = 32, max_length: int = 256,
-                 device: str | None = None, show_progress: bool = False, scorer=None) -> None:
+    def __init__(
+        self,
+        model: str | None = None,
+        top_k: int = 100,
+        batch_size: int = 32,
+        max_length: int = 256,
+        device: str | None = None,
+        show_progress: bool = False,
+        scorer=None,
+    ) -> None:
         self.top_k = _positive_int("top_k", top_k)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_length = _positive_int("max_length", max_length)
@@ -47,7 +55,9 @@ class Reranker:
             path = Path(model).expanduser()
             if not (path / "config.json").is_file():
                 what = "the folder does not exist" if not path.is_dir() else "not a model folder (no config.json)"
-                raise ConfigError(f"eval.rerank.model={str(model)!r}: {what}; expected a local sequence-classification model folder")
+                raise ConfigError(
+                    f"eval.rerank.model={str(model)!r}: {what}; expected a local sequence-classification model folder"
+                )
             self.path = path
 
     def settings(self) -> dict:
@@ -55,7 +65,9 @@ class Reranker:
         from embedexp.miners.cache import folder_fingerprint
 
         if self._fingerprint is None:
-            self._fingerprint = folder_fingerprint(self.path) if self.path is not None else f"scorer:{type(self._scorer).__name__}"
+            self._fingerprint = (
+                folder_fingerprint(self.path) if self.path is not None else f"scorer:{type(self._scorer).__name__}"
+            )
         return {"model": self._fingerprint, "top_k": self.top_k, "max_length": self.max_length}
 
     def scorer(self):
@@ -68,15 +80,18 @@ class Reranker:
                 raise type(e)(str(e).replace("miner.model_path", "eval.rerank.model")) from None
         return self._scorer
 
-    def rerank(self, run: dict[str, list[tuple[str, float]]], query_text: dict[str, str],
-               doc_text: dict[str, str]) -> tuple[dict[str, list[tuple[str, float]]], float]:
+    def rerank(
+        self, run: dict[str, list[tuple[str, float]]], query_text: dict[str, str], doc_text: dict[str, str]
+    ) -> tuple[dict[str, list[tuple[str, float]]], float]:
         """Re-order each query's first `top_k` candidates by cross-encoder score: (new run, scoring seconds)."""
         qids = [q for q in run if run[q]]
         cands = {q: run[q][: self.top_k] for q in qids}
         pairs_q = [query_text[q] for q in qids for _ in cands[q]]
         pairs_d = [doc_text[d] for q in qids for d, _ in cands[q]]
         t0 = time.perf_counter()
-        scores = self.scorer().score(pairs_q, pairs_d, self.batch_size, self.show_progress, desc="rerank") if pairs_q else []
+        scores = (
+            self.scorer().score(pairs_q, pairs_d, self.batch_size, self.show_progress, desc="rerank") if pairs_q else []
+        )
         seconds = time.perf_counter() - t0
         scores = np.asarray(scores, dtype=np.float64)
         out, start = {}, 0
@@ -90,7 +105,9 @@ class Reranker:
 
     def evaluate(self, s: RetrievalSet, query_emb, doc_emb, ks: dict[str, list[int]]) -> dict[str, float]:
         """`rerank/<metric>` for the set (full-dim embeddings), plus `rerank/ms_per_query`."""
-        run = retrieve(s.query_ids, query_emb, s.doc_ids, doc_emb, self.top_k, ignore_identical_ids=s.ignore_identical_ids)
+        run = retrieve(
+            s.query_ids, query_emb, s.doc_ids, doc_emb, self.top_k, ignore_identical_ids=s.ignore_identical_ids
+        )
         reranked, seconds = self.rerank(run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs)))
         out = {f"rerank/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ks).items()}
         out["rerank/ms_per_query"] = 1000.0 * seconds / max(len(s.query_ids), 1)

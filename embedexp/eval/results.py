@@ -34,8 +34,9 @@ def _aligned(b: dict, t: dict) -> tuple[list, list, list, list | None] | None:
     return ids, [b[key][b_at[u]] for u in ids], [t[key][t_at[u]] for u in ids], gold
 
 
-def compare(base: dict[str, float], tuned: dict[str, float], units: dict[str, dict] | None = None,
-            stats: dict | None = None) -> dict[str, dict[str, Any]]:
+def compare(
+    base: dict[str, float], tuned: dict[str, float], units: dict[str, dict] | None = None, stats: dict | None = None
+) -> dict[str, dict[str, Any]]:
     """{metric: {"base", "tuned", "delta"[, "ci_low", "ci_high", "p", "p_holm", "wins", "losses", "ties", "n", "verdict"]}}.
 
     Args:
@@ -60,16 +61,32 @@ def compare(base: dict[str, float], tuned: dict[str, float], units: dict[str, di
         if pair is None:
             continue
         _, b_vals, t_vals, gold = pair
-        tested[name] = compare_paired(b_vals, t_vals, gold=gold, method=(b_units.get("method") or "spearman"),
-                                      n_resamples=int(settings["n_resamples"]), confidence=float(settings["confidence"]),
-                                      seed=int(settings["seed"]))
+        tested[name] = compare_paired(
+            b_vals,
+            t_vals,
+            gold=gold,
+            method=(b_units.get("method") or "spearman"),
+            n_resamples=int(settings["n_resamples"]),
+            confidence=float(settings["confidence"]),
+            seed=int(settings["seed"]),
+        )
     primary = _primary(tested)
     for family in ([n for n in tested if n in primary], [n for n in tested if n not in primary]):
         judged = verdicts([tested[n] for n in family], float(settings["alpha"]))
         for name, (p_holm, verdict) in zip(family, judged):
             c = tested[name]
-            out[name].update(ci_low=c.ci_low, ci_high=c.ci_high, p=c.p, p_holm=p_holm, wins=c.wins, losses=c.losses,
-                             ties=c.ties, n=c.n, verdict=verdict, primary=name in primary)
+            out[name].update(
+                ci_low=c.ci_low,
+                ci_high=c.ci_high,
+                p=c.p,
+                p_holm=p_holm,
+                wins=c.wins,
+                losses=c.losses,
+                ties=c.ties,
+                n=c.n,
+                verdict=verdict,
+                primary=name in primary,
+            )
     return out
 
 
@@ -92,8 +109,9 @@ def _p(v: float | None) -> str:
     return "" if v is None else ("<0.0001" if v < 1e-4 else f"{v:.4f}")
 
 
-def markdown_table(rows: dict[str, dict[str, Any]], base_name: str = "base", tuned_name: str = "fine-tuned",
-                   confidence: float = 0.95) -> str:
+def markdown_table(
+    rows: dict[str, dict[str, Any]], base_name: str = "base", tuned_name: str = "fine-tuned", confidence: float = 0.95
+) -> str:
     """The results table; with statistics: CI of the change, p (Holm-adjusted in brackets), wins/losses/ties, verdict."""
     with_stats = any("verdict" in r for r in rows.values())
     head = f"| metric | {base_name} | {tuned_name} | delta |"
@@ -107,8 +125,10 @@ def markdown_table(rows: dict[str, dict[str, Any]], base_name: str = "base", tun
         if with_stats:
             if "verdict" in r:
                 verdict = f"**{r['verdict']}**" if r["verdict"] != "no significant difference" else r["verdict"]
-                line += (f" [{_fmt(r['ci_low'], True)}, {_fmt(r['ci_high'], True)}] | {_p(r['p'])} ({_p(r['p_holm'])}) |"
-                         f" {r['wins']}/{r['losses']}/{r['ties']} | {verdict} |")
+                line += (
+                    f" [{_fmt(r['ci_low'], True)}, {_fmt(r['ci_high'], True)}] | {_p(r['p'])} ({_p(r['p_holm'])}) |"
+                    f" {r['wins']}/{r['losses']}/{r['ties']} | {verdict} |"
+                )
             else:
                 line += " | | | |"
         lines.append(line)
@@ -123,14 +143,18 @@ def summary_lines(rows: dict[str, dict[str, Any]], alpha: float) -> str:
         if not r.get("primary") or ds in seen:
             continue
         seen.add(ds)
-        lines.append(f"- **{name}**: {r['verdict']} ({_fmt(r['base'])} -> {_fmt(r['tuned'])}, {_fmt(r['delta'], True)}, "
-                     f"CI [{_fmt(r['ci_low'], True)}, {_fmt(r['ci_high'], True)}], p={_p(r['p'])}, Holm p={_p(r['p_holm'])}, "
-                     f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied)")
+        lines.append(
+            f"- **{name}**: {r['verdict']} ({_fmt(r['base'])} -> {_fmt(r['tuned'])}, {_fmt(r['delta'], True)}, "
+            f"CI [{_fmt(r['ci_low'], True)}, {_fmt(r['ci_high'], True)}], p={_p(r['p'])}, Holm p={_p(r['p_holm'])}, "
+            f"{r['wins']} better / {r['losses']} worse / {r['ties']} tied)"
+        )
     if not lines:
         return ""
-    return (f"## Verdict\n\nPaired tests over queries (retrieval) / sentence pairs (STS); alpha={alpha} after Holm's "
-            "correction over the headline metrics below (the other rows of the table are corrected as a second family)."
-            "\n\n" + "\n".join(lines) + "\n\n")
+    return (
+        f"## Verdict\n\nPaired tests over queries (retrieval) / sentence pairs (STS); alpha={alpha} after Holm's "
+        "correction over the headline metrics below (the other rows of the table are corrected as a second family)."
+        "\n\n" + "\n".join(lines) + "\n\n"
+    )
 
 
 def per_query_records(units: dict[str, dict] | None, texts: dict[str, dict[str, str]] | None = None) -> list[dict]:
@@ -155,8 +179,13 @@ def per_query_records(units: dict[str, dict] | None, texts: dict[str, dict[str, 
     return list(records.values())
 
 
-def largest_changes(rows: dict[str, dict], units: dict[str, dict] | None, texts: dict[str, dict[str, str]] | None,
-                    n: int = 5, width: int = 80) -> str:
+def largest_changes(
+    rows: dict[str, dict],
+    units: dict[str, dict] | None,
+    texts: dict[str, dict[str, str]] | None,
+    n: int = 5,
+    width: int = 80,
+) -> str:
     """Markdown: for each retrieval set's first tested metric, the queries that lost and gained the most."""
     if not units:
         return ""
@@ -170,7 +199,7 @@ def largest_changes(rows: dict[str, dict], units: dict[str, dict] | None, texts:
         ids, bv, tv, _ = _aligned(b, t)
         changes = sorted(zip([y - x for x, y in zip(bv, tv)], ids, bv, tv))
 
-        def line(d, uid, x, y):
+        def line(d, uid, x, y, ds=ds):
             text = (texts or {}).get(ds, {}).get(str(uid), "")
             text = text if len(text) <= width else text[: width - 3] + "..."
             return f"| {uid} | {x:.4f} | {y:.4f} | {d:+.4f} | {text} |"
@@ -178,13 +207,24 @@ def largest_changes(rows: dict[str, dict], units: dict[str, dict] | None, texts:
         losses = [line(*c) for c in changes[:n] if c[0] < 0]
         gains = [line(*c) for c in reversed(changes[-n:]) if c[0] > 0]
         head = "| query | base | fine-tuned | delta | text |\n|---|---:|---:|---:|---|\n"
-        out.append(f"### {name}: largest losses\n\n" + (head + "\n".join(losses) + "\n" if losses else "none\n")
-                   + f"\n### {name}: largest gains\n\n" + (head + "\n".join(gains) + "\n" if gains else "none\n"))
+        out.append(
+            f"### {name}: largest losses\n\n"
+            + (head + "\n".join(losses) + "\n" if losses else "none\n")
+            + f"\n### {name}: largest gains\n\n"
+            + (head + "\n".join(gains) + "\n" if gains else "none\n")
+        )
     return "\n## Per-query changes\n\n" + "\n".join(out) if out else ""
 
 
-def write_results(out_dir: str | Path, base: dict, tuned: dict, meta: dict[str, Any], units: dict | None = None,
-                  texts: dict[str, dict[str, str]] | None = None, stats: dict | None = None) -> dict:
+def write_results(
+    out_dir: str | Path,
+    base: dict,
+    tuned: dict,
+    meta: dict[str, Any],
+    units: dict | None = None,
+    texts: dict[str, dict[str, str]] | None = None,
+    stats: dict | None = None,
+) -> dict:
     """Write per_query.jsonl, results.md and the plots, then results.json (the file that marks a finished run).
 
     Args:
@@ -204,11 +244,18 @@ def write_results(out_dir: str | Path, base: dict, tuned: dict, meta: dict[str, 
     if records:
         atomic_write(out_dir / "per_query.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     title = meta.get("title", "base vs fine-tuned")
-    md = (f"# {title}\n\n" + summary_lines(rows, settings["alpha"]) + markdown_table(rows, confidence=settings["confidence"])
-          + "\n" + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "title" and not isinstance(v, dict))
-          + largest_changes(rows, units, texts))
+    md = (
+        f"# {title}\n\n"
+        + summary_lines(rows, settings["alpha"])
+        + markdown_table(rows, confidence=settings["confidence"])
+        + "\n"
+        + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "title" and not isinstance(v, dict))
+        + largest_changes(rows, units, texts)
+    )
     atomic_write(out_dir / "results.md", md)
     write_plots(out_dir, rows, units)  # PNGs + Matryoshka retention table appended to results.md; never raises
     stats_meta = {"statistics": settings} if any("verdict" in r for r in rows.values()) else {}
-    atomic_write(out_dir / "results.json", json.dumps({"metrics": rows, **stats_meta, **meta}, indent=2, default=str) + "\n")
+    atomic_write(
+        out_dir / "results.json", json.dumps({"metrics": rows, **stats_meta, **meta}, indent=2, default=str) + "\n"
+    )
     return rows

@@ -70,10 +70,15 @@ def warn_identical_ids(name: str, qrels: dict[str, dict[str, int]]) -> None:
 
     lost = identical_id_judgements(qrels)
     if lost:
-        log.warning("eval set %s: ignore_identical_ids=true drops %d judged-relevant document%s whose id equals "
-                    "the query id (first: query %r), so those queries cannot reach a perfect score; set "
-                    "ignore_identical_ids: false if query and document ids are unrelated", name, len(lost),
-                    "" if len(lost) == 1 else "s", lost[0])
+        log.warning(
+            "eval set %s: ignore_identical_ids=true drops %d judged-relevant document%s whose id equals "
+            "the query id (first: query %r), so those queries cannot reach a perfect score; set "
+            "ignore_identical_ids: false if query and document ids are unrelated",
+            name,
+            len(lost),
+            "" if len(lost) == 1 else "s",
+            lost[0],
+        )
 
 
 def load_eval_set(name: str, spec: dict, key: str | None = None):
@@ -94,7 +99,11 @@ def load_eval_set(name: str, spec: dict, key: str | None = None):
         corpus = load_corpus(root, on_error)
         queries = load_queries(root, on_error)
         qrels = load_qrels(root, split, queries, corpus, on_error)
-        files = sorted(p for p in root.glob("corpus.jsonl*")) + sorted(root.glob("queries.jsonl*")) + [root / "qrels" / f"{split}.tsv"]
+        files = (
+            sorted(p for p in root.glob("corpus.jsonl*"))
+            + sorted(root.glob("queries.jsonl*"))
+            + [root / "qrels" / f"{split}.tsv"]
+        )
         qids = list(qrels)
         if ignore_identical:
             warn_identical_ids(name, qrels)
@@ -144,8 +153,9 @@ def pairs_retrieval_set(name: str, rows, fingerprint: str) -> RetrievalSet:
         for text in (positive, *negatives):
             doc_ids.setdefault(text, f"d{len(doc_ids)}")
         qrels.setdefault(qid, {})[doc_ids[positive]] = 1
-    return RetrievalSet(name, list(query_ids.values()), list(query_ids), list(doc_ids.values()), list(doc_ids),
-                        qrels, fingerprint)
+    return RetrievalSet(
+        name, list(query_ids.values()), list(query_ids), list(doc_ids.values()), list(doc_ids), qrels, fingerprint
+    )
 
 
 def load_eval_sets(specs: dict) -> list:

@@ -85,8 +85,14 @@ def _resample_chunks(n: int, n_resamples: int, rng: np.random.Generator):
         done += r
 
 
-def paired_bootstrap_ci(base: Sequence[float], tuned: Sequence[float], statistic: Statistic = mean_statistic,
-                        n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    base: Sequence[float],
+    tuned: Sequence[float],
+    statistic: Statistic = mean_statistic,
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of statistic(tuned) - statistic(base), resampling units (queries/pairs) in pairs.
 
     Args:
@@ -104,15 +110,21 @@ def paired_bootstrap_ci(base: Sequence[float], tuned: Sequence[float], statistic
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence}; expected a number in (0, 1)")
     rng = np.random.default_rng(seed)
-    deltas = np.concatenate([statistic(t[idx], idx) - statistic(b[idx], idx)
-                             for idx in _resample_chunks(b.size, n_resamples, rng)])
+    deltas = np.concatenate(
+        [statistic(t[idx], idx) - statistic(b[idx], idx) for idx in _resample_chunks(b.size, n_resamples, rng)]
+    )
     alpha = (1 - confidence) / 2
     low, high = np.quantile(deltas, [alpha, 1 - alpha])
     return float(low), float(high)
 
 
-def paired_randomization_test(base: Sequence[float], tuned: Sequence[float], statistic: Statistic = mean_statistic,
-                              n_resamples: int = 10_000, seed: int = 0) -> float:
+def paired_randomization_test(
+    base: Sequence[float],
+    tuned: Sequence[float],
+    statistic: Statistic = mean_statistic,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> float:
     """Two-sided p-value of the paired randomisation (sign-flip) test of statistic(tuned) - statistic(base).
 
     Each resample swaps base and tuned on a random subset of units (for a mean this flips the signs of those
@@ -176,9 +188,15 @@ class PairedComparison:
         return asdict(self)
 
 
-def compare_paired(base: Sequence[float], tuned: Sequence[float], gold: Sequence[float] | None = None,
-                   method: str = "spearman", n_resamples: int = 10_000, confidence: float = 0.95,
-                   seed: int = 0) -> PairedComparison:
+def compare_paired(
+    base: Sequence[float],
+    tuned: Sequence[float],
+    gold: Sequence[float] | None = None,
+    method: str = "spearman",
+    n_resamples: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedComparison:
     """Mean (or, with `gold`, correlation) of base and tuned, their change, its CI, p and wins/losses/ties.
 
     Retrieval: `base`/`tuned` are per-query metric values; the metric is their mean, wins/losses/ties count
@@ -198,7 +216,9 @@ def compare_paired(base: Sequence[float], tuned: Sequence[float], gold: Sequence
         stat = correlation_statistic(g, method)
         # the two models' scores live on different scales; swapping them (randomisation test) needs a common one that
         # leaves the statistic unchanged: ranks for Spearman, z-scores for Pearson
-        common = (lambda x: rankdata(x) / x.size) if method == "spearman" else (lambda x: (x - x.mean()) / (x.std() or 1.0))
+        common = (
+            (lambda x: rankdata(x) / x.size) if method == "spearman" else (lambda x: (x - x.mean()) / (x.std() or 1.0))
+        )
         b, t = common(b), common(t)
         rg = rankdata(g) / g.size  # per-pair error: distance of the model's rank from the gold rank (lower is better)
         unit_b, unit_t = -np.abs(rankdata(b) / b.size - rg), -np.abs(rankdata(t) / t.size - rg)
@@ -208,8 +228,18 @@ def compare_paired(base: Sequence[float], tuned: Sequence[float], gold: Sequence
     p = paired_randomization_test(b, t, stat, n_resamples, seed)
     diff = unit_t - unit_b
     tie = np.abs(diff) <= 1e-12
-    return PairedComparison(base_value, tuned_value, tuned_value - base_value, low, high, p,
-                            int((diff > 0)[~tie].sum()), int((diff < 0)[~tie].sum()), int(tie.sum()), int(b.size))
+    return PairedComparison(
+        base_value,
+        tuned_value,
+        tuned_value - base_value,
+        low,
+        high,
+        p,
+        int((diff > 0)[~tie].sum()),
+        int((diff < 0)[~tie].sum()),
+        int(tie.sum()),
+        int(b.size),
+    )
 
 
 def verdicts(comparisons: Sequence[PairedComparison], alpha: float = 0.05) -> list[tuple[float, str]]:

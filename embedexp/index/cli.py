@@ -14,10 +14,8 @@ register_resolvers()
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from embedexp.cli import cli_entry, one_line_errors  # noqa: E402
 from embedexp.config import container  # noqa: E402
-
-from embedexp.cli import one_line_errors  # noqa: E402
-from embedexp.cli import cli_entry  # noqa: E402
 
 log = logging.getLogger("embedexp.index")
 
@@ -62,8 +60,15 @@ def build(cfg: DictConfig) -> dict:
         from embedexp.errors import ConfigError
 
         raise ConfigError("no model: choose a preset (model=minilm) or an exported folder (model_dir=...)")
-    index = Index.build(encoder, list(corpus), [doc_text(d) for d in corpus.values()], batch_size=cfg.batch_size,
-                        show_progress=cfg.show_progress, spec=spec, source=str(Path(cfg.corpus).expanduser().resolve()))
+    index = Index.build(
+        encoder,
+        list(corpus),
+        [doc_text(d) for d in corpus.values()],
+        batch_size=cfg.batch_size,
+        show_progress=cfg.show_progress,
+        spec=spec,
+        source=str(Path(cfg.corpus).expanduser().resolve()),
+    )
     path = index.save(cfg.out)
     m = index.manifest
     print(f"indexed {m['count']} documents ({m['dim']} dims, normalize={m['normalize']}) with {m['model']['name']}")

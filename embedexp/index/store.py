@@ -68,7 +68,9 @@ def model_spec(encoder: Any) -> dict | None:
 class Index:
     """Document embeddings searchable by inner product; see the module docstring for the folder layout."""
 
-    def __init__(self, index: Any, ids: list[str], manifest: dict, path: Path | None = None, encoder: Any = None) -> None:
+    def __init__(
+        self, index: Any, ids: list[str], manifest: dict, path: Path | None = None, encoder: Any = None
+    ) -> None:
         self.index = index
         self.ids = ids
         self.manifest = manifest
@@ -98,7 +100,9 @@ class Index:
             raise DataError(f"{source or 'corpus'}: duplicate document ids")
         t0 = time.perf_counter()
         emb = encoder.encode(list(texts), "document", batch_size, show_progress, desc="index: documents")
-        emb = np.ascontiguousarray(emb.float().cpu().numpy() if isinstance(emb, torch.Tensor) else emb, dtype=np.float32)
+        emb = np.ascontiguousarray(
+            emb.float().cpu().numpy() if isinstance(emb, torch.Tensor) else emb, dtype=np.float32
+        )
         index = _faiss().IndexFlatIP(emb.shape[1])
         index.add(emb)
         manifest = {
@@ -128,7 +132,9 @@ class Index:
         """Write the folder atomically: a temporary sibling, renamed over `path` (an older index there is replaced)."""
         path = Path(path).expanduser()
         if path.exists() and not (path / MANIFEST).is_file() and (not path.is_dir() or any(path.iterdir())):
-            raise ConfigError(f"{path} exists and is not an embedexp index; refusing to overwrite it (choose another out=)")
+            raise ConfigError(
+                f"{path} exists and is not an embedexp index; refusing to overwrite it (choose another out=)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,9 +142,14 @@ class Index:
         try:
             _faiss().write_index(self.index, str(tmp / INDEX_FILE))
             (tmp / IDS_FILE).write_text(json.dumps(self.ids, ensure_ascii=False) + "\n", encoding="utf-8")
-            files = {name: {"bytes": (tmp / name).stat().st_size, "blake2b": _file_hash(tmp / name)} for name in (INDEX_FILE, IDS_FILE)}
+            files = {
+                name: {"bytes": (tmp / name).stat().st_size, "blake2b": _file_hash(tmp / name)}
+                for name in (INDEX_FILE, IDS_FILE)
+            }
             self.manifest = {**self.manifest, "files": files}
-            (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / MANIFEST).write_text(
+                json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             if path.exists():
                 os.replace(path, old)
@@ -163,14 +174,23 @@ class Index:
                 raise DataError(f"{path}: {name} is missing; the index is incomplete, rebuild it with embedexp-index")
             want = manifest["files"].get(name) or {}
             if f.stat().st_size != want.get("bytes") or _file_hash(f) != want.get("blake2b"):
-                raise DataError(f"{f}: does not match the checksum in {MANIFEST} (corrupt or changed); rebuild the index")
+                raise DataError(
+                    f"{f}: does not match the checksum in {MANIFEST} (corrupt or changed); rebuild the index"
+                )
         try:
             ids = json.loads((path / IDS_FILE).read_text(encoding="utf-8"))
             index = _faiss().read_index(str(path / INDEX_FILE))
         except (ValueError, RuntimeError) as e:
             raise DataError(f"{path}: cannot read the index ({str(e).strip().splitlines()[0]})") from e
-        if not isinstance(ids, list) or len(ids) != manifest["count"] or index.ntotal != manifest["count"] or index.d != manifest["dim"]:
-            raise DataError(f"{path}: {INDEX_FILE}/{IDS_FILE} disagree with {MANIFEST} (count {manifest['count']}, dim {manifest['dim']})")
+        if (
+            not isinstance(ids, list)
+            or len(ids) != manifest["count"]
+            or index.ntotal != manifest["count"]
+            or index.d != manifest["dim"]
+        ):
+            raise DataError(
+                f"{path}: {INDEX_FILE}/{IDS_FILE} disagree with {MANIFEST} (count {manifest['count']}, dim {manifest['dim']})"
+            )
         return cls(index, [str(i) for i in ids], manifest, path=path, encoder=encoder)
 
     # ---------------------------------------------------------------- the model
@@ -196,7 +216,9 @@ class Index:
         if self._encoder is None:
             spec = self.manifest["model"].get("spec")
             if not spec:
-                raise ConfigError(f"index {self.path}: the manifest does not say how to rebuild its model; pass encoder=")
+                raise ConfigError(
+                    f"index {self.path}: the manifest does not say how to rebuild its model; pass encoder="
+                )
             from hydra.utils import instantiate
 
             from embedexp.cli import find_user_error
@@ -209,7 +231,9 @@ class Index:
         return self._encoder
 
     # ---------------------------------------------------------------- search
-    def search(self, queries: str | Sequence[str] | torch.Tensor | np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
+    def search(
+        self, queries: str | Sequence[str] | torch.Tensor | np.ndarray, k: int = 10
+    ) -> list[list[tuple[str, float]]]:
         """Top-k (document id, score) per query, best first; queries are texts or (n, dim) query embeddings."""
         if not isinstance(k, int) or k < 1:
             raise ConfigError(f"k={k!r}; expected a positive integer")
@@ -244,7 +268,9 @@ def read_manifest(path: Path) -> dict:
     if missing:
         raise DataError(f"{f}: missing {', '.join(missing)}; the index is corrupt or from another tool, rebuild it")
     if manifest["format"] != FORMAT or manifest["version"] != VERSION:
-        raise DataError(f"{f}: format {manifest['format']!r} version {manifest['version']!r}; expected {FORMAT!r} version {VERSION}")
+        raise DataError(
+            f"{f}: format {manifest['format']!r} version {manifest['version']!r}; expected {FORMAT!r} version {VERSION}"
+        )
     if not isinstance(manifest["model"], dict) or not manifest["model"].get("fingerprint"):
         raise DataError(f"{f}: 'model.fingerprint' is missing; cannot tell which model built the index")
     return manifest

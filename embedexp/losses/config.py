@@ -19,7 +19,7 @@ from embedexp.errors import ConfigError
 
 def _reprefix(message: str, prefix: str) -> str:
     """Constructors name their keys `loss.<key>`; the config may hold them under `pretrain.loss` or `loss.loss`."""
-    return prefix + message[len("loss"):] if prefix != "loss" and message.startswith("loss.") else message
+    return prefix + message[len("loss") :] if prefix != "loss" and message.startswith("loss.") else message
 
 
 def _loss_class(prefix: str, target: Any) -> type:
@@ -28,8 +28,10 @@ def _loss_class(prefix: str, target: Any) -> type:
     try:
         cls = get_class(str(target))
     except Exception as e:  # ImportError, AttributeError, ValueError from Hydra's locate
-        raise ConfigError(f"{prefix}._target_={target}: cannot import it ({str(e).splitlines()[0]}); "
-                          "expected a loss class such as embedexp.losses.InfoNCELoss") from None
+        raise ConfigError(
+            f"{prefix}._target_={target}: cannot import it ({str(e).splitlines()[0]}); "
+            "expected a loss class such as embedexp.losses.InfoNCELoss"
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ConfigError(f"{prefix}._target_={target}; expected an nn.Module loss class")
     return cls
@@ -44,11 +46,14 @@ def _check_arguments(prefix: str, cls: type, kwargs: dict) -> None:
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f"did you mean {prefix}.{close[0]}? " if close else ""
-            raise ConfigError(f"{prefix}.{key} is not an argument of {cls.__name__}; {hint}expected one of {', '.join(allowed)}")
+            raise ConfigError(
+                f"{prefix}.{key} is not an argument of {cls.__name__}; {hint}expected one of {', '.join(allowed)}"
+            )
 
 
-def check_loss_config(prefix: str, loss: Any, model_dim: int | None = None,
-                      check_model: Callable[[str, dict], Any] | None = None) -> nn.Module:
+def check_loss_config(
+    prefix: str, loss: Any, model_dim: int | None = None, check_model: Callable[[str, dict], Any] | None = None
+) -> nn.Module:
     """Build the loss described by `loss` (a resolved mapping with `_target_`) to check it; returns the built loss.
 
     Args:
@@ -82,8 +87,10 @@ def check_loss_config(prefix: str, loss: Any, model_dim: int | None = None,
         raise ConfigError(_reprefix(str(e), prefix)) from None
     dims = getattr(built, "dims", None)
     if dims and model_dim is not None and max(dims) > model_dim:
-        raise ConfigError(f"{prefix}.dims={list(dims)}; the largest, {max(dims)}, exceeds the model's embedding "
-                          f"dimension {model_dim}; expected dims <= {model_dim}")
+        raise ConfigError(
+            f"{prefix}.dims={list(dims)}; the largest, {max(dims)}, exceeds the model's embedding "
+            f"dimension {model_dim}; expected dims <= {model_dim}"
+        )
     return built
 
 

@@ -53,7 +53,9 @@ class ContrastiveLoss(nn.Module):
         self.distance = check_distance(distance, DISTANCES)
         if not (is_number(margin) and margin > 0 and (self.distance != "cosine" or margin <= 2.0)):
             rng = "in (0, 2.0] (cosine distances lie in [0, 2])" if self.distance == "cosine" else "> 0"
-            raise ConfigError(f"loss.margin={margin!r}; expected a number {rng}; dissimilar pairs are pushed to distance >= margin")
+            raise ConfigError(
+                f"loss.margin={margin!r}; expected a number {rng}; dissimilar pairs are pushed to distance >= margin"
+            )
         self.margin = float(margin)
         if not isinstance(online, bool):
             raise ConfigError(f"loss.online={online!r}; expected true or false")

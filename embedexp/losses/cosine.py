@@ -26,7 +26,9 @@ from torch import nn
 from embedexp.losses.infonce import as_columns
 
 
-def check_pair_inputs(name: str, embeddings, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def check_pair_inputs(
+    name: str, embeddings, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two columns and one label per row; labels come back as a (B,) tensor in the embeddings' dtype/device."""
     cols = as_columns(embeddings)
     if len(cols) != 2:

@@ -96,14 +96,24 @@ class GISTLoss(nn.Module):
     ) -> None:
         super().__init__()
         if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
-            raise ConfigError(f"loss.temperature={temperature!r}; expected a number > 0 (0.01 = scale 100, the GISTEmbed default)")
+            raise ConfigError(
+                f"loss.temperature={temperature!r}; expected a number > 0 (0.01 = scale 100, the GISTEmbed default)"
+            )
         if margin_strategy not in MARGIN_STRATEGIES:
-            raise ConfigError(f"loss.margin_strategy={margin_strategy!r}; expected one of {', '.join(MARGIN_STRATEGIES)}")
+            raise ConfigError(
+                f"loss.margin_strategy={margin_strategy!r}; expected one of {', '.join(MARGIN_STRATEGIES)}"
+            )
         if not (
-            isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
+            isinstance(margin, (int, float))
+            and not isinstance(margin, bool)
+            and math.isfinite(margin)
             and 0 <= margin <= (1.0 if margin_strategy == "relative" else 2.0)
         ):
-            high = "1.0] (a fraction of the positive's score)" if margin_strategy == "relative" else "2.0] (cosine scores lie in [-1, 1])"
+            high = (
+                "1.0] (a fraction of the positive's score)"
+                if margin_strategy == "relative"
+                else "2.0] (cosine scores lie in [-1, 1])"
+            )
             raise ConfigError(
                 f"loss.margin={margin!r}; expected a number in [0, {high}; how far below the positive's guide score a "
                 "candidate may score before it is masked (0 = mask candidates scored above the positive)"

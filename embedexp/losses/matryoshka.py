@@ -66,9 +66,13 @@ def validate_dims(dims: Any) -> tuple[int, ...]:
     """Positive integers, strictly descending (so no duplicates); at least one."""
     items = _as_list(dims)
     if not items or not all(_is_int(d) and d > 0 for d in items):
-        raise ConfigError(f"loss.dims={dims!r}; expected a non-empty list of positive integers, e.g. [768, 512, 256, 128, 64]")
+        raise ConfigError(
+            f"loss.dims={dims!r}; expected a non-empty list of positive integers, e.g. [768, 512, 256, 128, 64]"
+        )
     if len(set(items)) != len(items):
-        raise ConfigError(f"loss.dims={items}; contains duplicates; expected distinct dims in strictly descending order")
+        raise ConfigError(
+            f"loss.dims={items}; contains duplicates; expected distinct dims in strictly descending order"
+        )
     if any(a <= b for a, b in zip(items, items[1:])):
         raise ConfigError(f"loss.dims={items}; expected strictly descending order, e.g. {sorted(items, reverse=True)}")
     return tuple(items)
@@ -182,7 +186,9 @@ class MatryoshkaLoss(nn.Module):
             return list(self._step_indices)
         return sorted(torch.randperm(n)[: self.n_dims_per_step].tolist())
 
-    def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None, **extra) -> torch.Tensor:
+    def forward(
+        self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None, **extra
+    ) -> torch.Tensor:
         cols = as_columns(embeddings)
         if not cols:
             raise ValueError("Matryoshka: no embedding columns")
@@ -198,9 +204,7 @@ class MatryoshkaLoss(nn.Module):
             dim, weight = self.dims[i], self.weights[i]
             truncated = [_truncate(c, dim, f"embedding column {k}") for k, c in enumerate(cols)]
             inputs = dict(zip(names, truncated)) if names is not None else truncated
-            extra_d = {
-                k: (_truncate_nested(v, dim, k) if k in self.truncate_extra else v) for k, v in extra.items()
-            }
+            extra_d = {k: (_truncate_nested(v, dim, k) if k in self.truncate_extra else v) for k, v in extra.items()}
             term = weight * self.loss(inputs, labels, **extra_d)
             total = term if total is None else total + term
         return total

@@ -88,7 +88,9 @@ class TripletLoss(nn.Module):
     def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None) -> torch.Tensor:
         cols = as_columns(embeddings)
         if len(cols) < 3:
-            raise ValueError(f"TripletLoss needs (anchor, positive, negative[, more negatives...]); got {len(cols)} column(s)")
+            raise ValueError(
+                f"TripletLoss needs (anchor, positive, negative[, more negatives...]); got {len(cols)} column(s)"
+            )
         anchor, positive, negatives = cols[0], cols[1], cols[2:]
         d_pos = pairwise_distance(anchor, positive, self.distance)  # (B,)
         d_neg = torch.stack([pairwise_distance(anchor, n, self.distance) for n in negatives])  # (m, B)

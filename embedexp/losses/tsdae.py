@@ -82,15 +82,22 @@ class TSDAELoss(nn.Module):
         deletion_ratio: float = 0.6,
     ) -> None:
         super().__init__()
-        if decoder_name_or_path is not None and not (isinstance(decoder_name_or_path, str) and decoder_name_or_path.strip()):
+        if decoder_name_or_path is not None and not (
+            isinstance(decoder_name_or_path, str) and decoder_name_or_path.strip()
+        ):
             raise ConfigError(
                 f"loss.decoder_name_or_path={decoder_name_or_path!r}; expected a model folder or hub name, "
                 "or null to use the encoder's own checkpoint"
             )
-        if (isinstance(decoder_name_or_path, str) and decoder_name_or_path.startswith((".", "/", "~"))
-                and not Path(decoder_name_or_path).expanduser().is_dir()):
-            raise ConfigError(f"loss.decoder_name_or_path={decoder_name_or_path}: folder does not exist; "
-                              "expected a model folder or null")
+        if (
+            isinstance(decoder_name_or_path, str)
+            and decoder_name_or_path.startswith((".", "/", "~"))
+            and not Path(decoder_name_or_path).expanduser().is_dir()
+        ):
+            raise ConfigError(
+                f"loss.decoder_name_or_path={decoder_name_or_path}: folder does not exist; "
+                "expected a model folder or null"
+            )
         if not isinstance(tie_encoder_decoder, bool):
             raise ConfigError(f"loss.tie_encoder_decoder={tie_encoder_decoder!r}; expected true or false")
         try:
@@ -136,7 +143,9 @@ class TSDAELoss(nn.Module):
             config.add_cross_attention = True
             decoder = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
             decoder_tokenizer = (
-                encoder.tokenizer if source == encoder.model_name_or_path else AutoTokenizer.from_pretrained(source, **kwargs)
+                encoder.tokenizer
+                if source == encoder.model_name_or_path
+                else AutoTokenizer.from_pretrained(source, **kwargs)
             )
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             text = str(e).strip()
@@ -219,7 +228,9 @@ class TSDAELoss(nn.Module):
             setattr(body.get_submodule(module_name), attr, shared)
             tied.append(f"{decoder.base_model_prefix}.{name}")
         if not tied:
-            raise ConfigError(f"loss.tie_encoder_decoder=true: no decoder parameter matches an encoder parameter ({fix})")
+            raise ConfigError(
+                f"loss.tie_encoder_decoder=true: no decoder parameter matches an encoder parameter ({fix})"
+            )
         # The LM head's output matrix pointed at the decoder's old input embeddings; re-tie it to the
         # shared ones (a no-op when the config does not tie word embeddings).
         decoder.tie_weights()
@@ -254,7 +265,9 @@ class TSDAELoss(nn.Module):
             raise RuntimeError("TSDAELoss.attach(encoder) must be called before the loss is used")
         sentence = self._sentence_embeddings(embeddings)
         if not isinstance(target_features, dict) or "input_ids" not in target_features:
-            raise ValueError("target_features must be a dict with input_ids (and attention_mask), as Encoder.tokenize returns")
+            raise ValueError(
+                "target_features must be a dict with input_ids (and attention_mask), as Encoder.tokenize returns"
+            )
         input_ids, mask = self._targets(target_features, sentence.device)
         if input_ids.shape[0] != sentence.shape[0]:
             raise ValueError(
@@ -293,7 +306,9 @@ class TSDAELoss(nn.Module):
             raise ValueError("TSDAE needs the damaged sentence embeddings; got no column")
         sentence = cols[0]
         if sentence.dim() != 2:
-            raise ValueError(f"TSDAE: damaged sentence embeddings must be (batch, dim); got shape {tuple(sentence.shape)}")
+            raise ValueError(
+                f"TSDAE: damaged sentence embeddings must be (batch, dim); got shape {tuple(sentence.shape)}"
+            )
         return sentence
 
     def _targets(self, features: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +317,9 @@ class TSDAELoss(nn.Module):
         if mask is None:
             mask = torch.ones_like(input_ids)
         if self._retokenize:  # a decoder with another vocabulary: decode, then tokenise for the decoder
-            texts = self._encoder_tokenizer.batch_decode(input_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            texts = self._encoder_tokenizer.batch_decode(
+                input_ids, skip_special_tokens=True, clean_up_tokenization_spaces=True
+            )
             enc = self._decoder_tokenizer(
                 texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="pt"
             )

@@ -46,8 +46,16 @@ from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write
 
 log = logging.getLogger("embedexp.miners")
 
-FILTERS = ("not_retrieved", "rank_window", "known_positives", "anchor_text", "duplicate_text", "max_score", "margin",
-           "relative_margin")
+FILTERS = (
+    "not_retrieved",
+    "rank_window",
+    "known_positives",
+    "anchor_text",
+    "duplicate_text",
+    "max_score",
+    "margin",
+    "relative_margin",
+)
 EXCLUDE = ("all", "pair")
 SAMPLING = ("top", "random")
 ON_SHORT = ("drop", "fail")
@@ -60,18 +68,29 @@ def check_int(key: str, value: Any, minimum: int) -> int:
     return value
 
 
-def check_number(key: str, value: Any, minimum: float | None = None, maximum: float | None = None,
-                 optional: bool = True, above: float | None = None) -> float | None:
+def check_number(
+    key: str,
+    value: Any,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    optional: bool = True,
+    above: float | None = None,
+) -> float | None:
     if value is None and optional:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     ok = ok and (above is None or value > above)
     if not ok:
-        parts = [f">= {minimum}" if minimum is not None else "", f"> {above}" if above is not None else "",
-                 f"<= {maximum}" if maximum is not None else ""]
+        parts = [
+            f">= {minimum}" if minimum is not None else "",
+            f"> {above}" if above is not None else "",
+            f"<= {maximum}" if maximum is not None else "",
+        ]
         rng = " and ".join(p for p in parts if p)
-        raise ConfigError(f"{key}={value!r}; expected {'null or ' if optional else ''}a number{' ' + rng if rng else ''}")
+        raise ConfigError(
+            f"{key}={value!r}; expected {'null or ' if optional else ''}a number{' ' + rng if rng else ''}"
+        )
     return float(value)
 
 
@@ -294,10 +313,14 @@ class HardNegativeMiner:
     # ---------------------------------------------------------------- mining
     def mine(self, train_set: TrainSet, encoder=None) -> TrainSet:
         if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
-            raise ConfigError(f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
+            raise ConfigError(
+                f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+            )
         if self.needs_encoder and encoder is None:
-            raise ConfigError(f"miner={self.name}: no miner.model is set, so it mines with the model being trained; "
-                              "pass that encoder to mine(train_set, encoder=...) or set a model in the miner config")
+            raise ConfigError(
+                f"miner={self.name}: no miner.model is set, so it mines with the model being trained; "
+                "pass that encoder to mine(train_set, encoder=...) or set a model in the miner config"
+            )
         t_start = time.perf_counter()
         doc_ids = list(train_set.corpus)
         docs = list(train_set.corpus.values())
@@ -318,7 +341,10 @@ class HardNegativeMiner:
                 q_index[qid] = len(queries)
                 queries.append(row[0])
             row_q[r] = q_index[qid]
-            pos = next((id_to_idx[d] for d in train_set.qrels.get(qid, {}) if d in id_to_idx and docs[id_to_idx[d]] == row[1]), None)
+            pos = next(
+                (id_to_idx[d] for d in train_set.qrels.get(qid, {}) if d in id_to_idx and docs[id_to_idx[d]] == row[1]),
+                None,
+            )
             row_pos[r] = pos if pos is not None else text_to_idx.get(row[1], -1)
         depth = min(self.top_k, len(docs))
 
@@ -345,43 +371,69 @@ class HardNegativeMiner:
         else:
             t0 = time.perf_counter()
             in_corpus = row_pos >= 0
-            pairs = np.unique(np.stack([row_q[in_corpus], row_pos[in_corpus]], axis=1), axis=0) if in_corpus.any() \
+            pairs = (
+                np.unique(np.stack([row_q[in_corpus], row_pos[in_corpus]], axis=1), axis=0)
+                if in_corpus.any()
                 else np.empty((0, 2), np.int64)
+            )
             try:
                 idx, scores, pair_scores = self._rank(queries, docs, depth, pairs, encoder)
                 idx = np.asarray(idx, dtype=np.int64)
                 scores = np.asarray(scores, dtype=np.float64)
                 pos_scores = np.empty(len(train_set.rows), dtype=np.float64)
-                lookup = {(int(q), int(d)): float(s) for (q, d), s in zip(pairs, np.asarray(pair_scores, dtype=np.float64))}
+                lookup = {
+                    (int(q), int(d)): float(s) for (q, d), s in zip(pairs, np.asarray(pair_scores, dtype=np.float64))
+                }
                 for r in np.flatnonzero(in_corpus):
                     pos_scores[r] = lookup[(int(row_q[r]), int(row_pos[r]))]
                 outside = np.flatnonzero(~in_corpus)
                 if len(outside):
-                    extra = self._score_texts(queries, [(int(row_q[r]), train_set.rows[r][1]) for r in outside], encoder)
+                    extra = self._score_texts(
+                        queries, [(int(row_q[r]), train_set.rows[r][1]) for r in outside], encoder
+                    )
                     pos_scores[outside] = np.asarray(extra, dtype=np.float64)
             finally:
                 self._release()
             t_score = time.perf_counter() - t0
             cache_state = "miss" if self.cache else "off"
             if self.cache:
-                write_cache(self.cache_dir, score_key, "candidates", {
-                    "scorer": self.scorer_config(), "model": model_fp,
-                    "indices": idx.tolist(), "scores": scores.tolist(), "pos_scores": pos_scores.tolist(),
-                })
+                write_cache(
+                    self.cache_dir,
+                    score_key,
+                    "candidates",
+                    {
+                        "scorer": self.scorer_config(),
+                        "model": model_fp,
+                        "indices": idx.tolist(),
+                        "scores": scores.tolist(),
+                        "pos_scores": pos_scores.tolist(),
+                    },
+                )
 
         t0 = time.perf_counter()
-        query_text = np.fromiter((text_to_idx.get(row[0], -2) for row in train_set.rows), dtype=np.int64,
-                                 count=len(train_set.rows))  # -2: the anchor's text is not a document
-        negatives, stats = self._select(train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores,
-                                        query_text)
-        stats.update({
-            "cache": cache_state,
-            "seconds": {"scoring": round(t_score, 3), "filtering": round(time.perf_counter() - t0, 3),
-                        "total": round(time.perf_counter() - t_start, 3)},
-        })
+        query_text = np.fromiter(
+            (text_to_idx.get(row[0], -2) for row in train_set.rows), dtype=np.int64, count=len(train_set.rows)
+        )  # -2: the anchor's text is not a document
+        negatives, stats = self._select(
+            train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores, query_text
+        )
+        stats.update(
+            {
+                "cache": cache_state,
+                "seconds": {
+                    "scoring": round(t_score, 3),
+                    "filtering": round(time.perf_counter() - t0, 3),
+                    "total": round(time.perf_counter() - t_start, 3),
+                },
+            }
+        )
         if self.cache:
-            write_cache(self.cache_dir, full_key, "mined", {"scoring_key": score_key, "filters": self.filter_config(),
-                                                            "negatives": negatives, "stats": stats})
+            write_cache(
+                self.cache_dir,
+                full_key,
+                "mined",
+                {"scoring_key": score_key, "filters": self.filter_config(), "negatives": negatives, "stats": stats},
+            )
         return self._output(train_set, docs, negatives, stats)
 
     def _select(self, train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores, query_text):
@@ -393,7 +445,9 @@ class HardNegativeMiner:
         n_rows, depth = len(train_set.rows), idx.shape[1]
         known: dict[str, np.ndarray] = {}
         for qid, rels in train_set.qrels.items():
-            known[qid] = np.array(sorted({int(canon[id_to_idx[d]]) for d, g in rels.items() if g > 0 and d in id_to_idx}), dtype=np.int64)
+            known[qid] = np.array(
+                sorted({int(canon[id_to_idx[d]]) for d, g in rels.items() if g > 0 and d in id_to_idx}), dtype=np.int64
+            )
         ranks = np.arange(depth)
         removed = {f: 0 for f in FILTERS}
         rng = np.random.default_rng(self.seed)
@@ -410,9 +464,19 @@ class HardNegativeMiner:
                 drop.append(np.array([canon[row_pos[r]]], dtype=np.int64))
                 positives_retrieved += bool((ok & (cand == row_pos[r])).any())
             is_pos = np.isin(ct, np.concatenate(drop)) & ok if drop else np.zeros(depth, bool)
-            keep, rem = filter_candidates(scores[qi], ranks, is_pos, float(pos_scores[r]), self.skip_top,
-                                          self.max_score, self.margin, self.relative_margin, retrieved=ok,
-                                          is_anchor=(ct == query_text[r]) & ok, text_ids=ct)
+            keep, rem = filter_candidates(
+                scores[qi],
+                ranks,
+                is_pos,
+                float(pos_scores[r]),
+                self.skip_top,
+                self.max_score,
+                self.margin,
+                self.relative_margin,
+                retrieved=ok,
+                is_anchor=(ct == query_text[r]) & ok,
+                text_ids=ct,
+            )
             for f, c in rem.items():
                 removed[f] += c
             eligible = np.flatnonzero(keep)
@@ -443,10 +507,22 @@ class HardNegativeMiner:
             "rows_dropped": short_rows,
         }
         removed_txt = ", ".join(f"{k}={v}" for k, v in removed.items())
-        log.info("miner=%s: %d queries, %d rows x %d candidates; removed by filter: %s", self.name,
-                 stats["queries"], n_rows, depth, removed_txt)
-        log.info("miner=%s: %d rows (%d queries) got fewer than %d negatives%s", self.name, short_rows,
-                 len(short_queries), self.n_negatives, " and were dropped" if short_rows else "")
+        log.info(
+            "miner=%s: %d queries, %d rows x %d candidates; removed by filter: %s",
+            self.name,
+            stats["queries"],
+            n_rows,
+            depth,
+            removed_txt,
+        )
+        log.info(
+            "miner=%s: %d rows (%d queries) got fewer than %d negatives%s",
+            self.name,
+            short_rows,
+            len(short_queries),
+            self.n_negatives,
+            " and were dropped" if short_rows else "",
+        )
         if short_rows and self.on_short == "fail":
             raise ConfigError(
                 f"miner.on_short=fail: {short_rows} of {n_rows} rows ({len(short_queries)} queries) got fewer than "

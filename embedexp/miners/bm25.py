@@ -47,8 +47,9 @@ class BM25Index:
         vocab: defaultdict[str, int] = defaultdict()
         vocab.default_factory = vocab.__len__  # a new token gets the next id
         lens = np.fromiter(map(len, docs_tokens), dtype=np.int64, count=n)
-        tids = np.fromiter(map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int64,
-                           count=int(lens.sum()))
+        tids = np.fromiter(
+            map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int64, count=int(lens.sum())
+        )
         vocab.default_factory = None
         if not vocab:
             raise DataError("BM25: every document is empty after tokenisation")
@@ -180,14 +181,22 @@ class BM25Miner(HardNegativeMiner):
 
     def scorer_config(self) -> dict:
         # both backends give the same ranking: the backend is not part of the key
-        return {**super().scorer_config(), "k1": self.k1, "b": self.b, "epsilon": self.epsilon, **self.tokenizer.settings()}
+        return {
+            **super().scorer_config(),
+            "k1": self.k1,
+            "b": self.b,
+            "epsilon": self.epsilon,
+            **self.tokenizer.settings(),
+        }
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
         self._docs_tokens = docs_tokens = self.tokenizer.many(docs)
         q_tokens = self.tokenizer.many(queries)
         if self.backend == "reference":
             self._index = None
-            return rank_reference(q_tokens, docs_tokens, depth, pos_pairs, self.k1, self.b, self.epsilon, self.show_progress)
+            return rank_reference(
+                q_tokens, docs_tokens, depth, pos_pairs, self.k1, self.b, self.epsilon, self.show_progress
+            )
         self._index = index = BM25Index(docs_tokens, self.k1, self.b, self.epsilon)
         q_ids = [index.token_ids(t) for t in q_tokens]
         nq = len(queries)
@@ -221,7 +230,9 @@ class BM25Miner(HardNegativeMiner):
         if self._index is None:
             self._index = BM25Index(self._docs_tokens, self.k1, self.b, self.epsilon)
         index = self._index
-        return np.array([index.score_text(self.tokenizer(queries[q]), self.tokenizer(t)) for q, t in pairs], dtype=np.float64)
+        return np.array(
+            [index.score_text(self.tokenizer(queries[q]), self.tokenizer(t)) for q, t in pairs], dtype=np.float64
+        )
 
 
 def _rank_bm25():

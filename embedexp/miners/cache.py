@@ -82,7 +82,11 @@ def read_cache(cache_dir: str | Path, key: str, kind: str) -> dict | None:
             raise ValueError(f"missing {', '.join(missing)}")
         return obj
     except Exception as e:  # corrupt, truncated, or from another version: recompute
-        log.warning("mining cache %s is unreadable (%s); ignoring it", path, type(e).__name__ if not str(e) else str(e).splitlines()[0])
+        log.warning(
+            "mining cache %s is unreadable (%s); ignoring it",
+            path,
+            type(e).__name__ if not str(e) else str(e).splitlines()[0],
+        )
         return None
 
 

@@ -31,8 +31,10 @@ class CrossEncoderScorer:
 
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
-            raise ConfigError(f"miner.model_path={str(path)!r}: not a model folder (no config.json); expected a local "
-                              "sequence-classification model folder")
+            raise ConfigError(
+                f"miner.model_path={str(path)!r}: not a model folder (no config.json); expected a local "
+                "sequence-classification model folder"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.model = AutoModelForSequenceClassification.from_pretrained(str(path))
@@ -41,15 +43,23 @@ class CrossEncoderScorer:
             raise ModelError(f"cannot load cross-encoder {str(path)!r} (miner.model_path): {first}") from e
         n_labels = int(self.model.config.num_labels)
         if n_labels not in (1, 2):
-            raise ConfigError(f"miner.model_path={str(path)!r}: the model has {n_labels} labels; expected a "
-                              "relevance model with 1 (a score) or 2 (irrelevant/relevant) labels")
+            raise ConfigError(
+                f"miner.model_path={str(path)!r}: the model has {n_labels} labels; expected a "
+                "relevance model with 1 (a score) or 2 (irrelevant/relevant) labels"
+            )
         self.n_labels = n_labels
         self.max_length = max_length
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device).eval()
 
-    def score(self, queries: list[str], docs: list[str], batch_size: int = 32, show_progress: bool = False,
-              desc: str = "cross-encoder scoring") -> np.ndarray:
+    def score(
+        self,
+        queries: list[str],
+        docs: list[str],
+        batch_size: int = 32,
+        show_progress: bool = False,
+        desc: str = "cross-encoder scoring",
+    ) -> np.ndarray:
         import torch
 
         out = np.empty(len(queries), dtype=np.float64)
@@ -57,8 +67,14 @@ class CrossEncoderScorer:
         with torch.inference_mode():
             for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not show_progress):
                 sel = order[start : start + batch_size]
-                feats = self.tokenizer([queries[i] for i in sel], [docs[i] for i in sel], padding=True,
-                                       truncation=True, max_length=self.max_length, return_tensors="pt")
+                feats = self.tokenizer(
+                    [queries[i] for i in sel],
+                    [docs[i] for i in sel],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 logits = self.model(**{k: v.to(self.device) for k, v in feats.items()}).logits.float()
                 s = logits[:, 0] if self.n_labels == 1 else logits[:, 1] - logits[:, 0]
                 out[sel] = s.cpu().numpy()
@@ -89,8 +105,10 @@ class CrossEncoderMiner(HardNegativeMiner):
         if not Path(model_path).expanduser().is_dir():
             raise ConfigError(f"miner.model_path={str(model_path)!r}: the folder does not exist")
         if not (Path(model_path).expanduser() / "config.json").is_file():
-            raise ConfigError(f"miner.model_path={str(model_path)!r}: not a model folder (no config.json); expected a "
-                              "local sequence-classification model folder")
+            raise ConfigError(
+                f"miner.model_path={str(model_path)!r}: not a model folder (no config.json); expected a "
+                "local sequence-classification model folder"
+            )
         self.model_path = str(Path(model_path).expanduser())
         self.candidates = check_choice("miner.candidates", candidates, CANDIDATES)
         self.n_candidates = check_int("miner.n_candidates", n_candidates, 1)
@@ -105,7 +123,9 @@ class CrossEncoderMiner(HardNegativeMiner):
         except ConfigError as e:
             raise ConfigError(str(e).replace("miner.", "miner.candidate_options.", 1)) from None
         except TypeError as e:
-            raise ConfigError(f"miner.candidate_options={options!r}: {e} (options of miner={self.candidates})") from None
+            raise ConfigError(
+                f"miner.candidate_options={options!r}: {e} (options of miner={self.candidates})"
+            ) from None
         self._scorer: CrossEncoderScorer | None = None
 
     @property
@@ -118,11 +138,17 @@ class CrossEncoderMiner(HardNegativeMiner):
         return self._scorer
 
     def scorer_config(self) -> dict:
-        return {**super().scorer_config(), "n_candidates": self.n_candidates, "max_length": self.max_length,
-                "candidates": self.inner.scorer_config()}
+        return {
+            **super().scorer_config(),
+            "n_candidates": self.n_candidates,
+            "max_length": self.max_length,
+            "candidates": self.inner.scorer_config(),
+        }
 
     def model_fingerprint(self, encoder=None) -> str | None:
-        return hash_json({"cross_encoder": folder_fingerprint(self.model_path), "candidates": self.inner.model_fingerprint(encoder)})
+        return hash_json(
+            {"cross_encoder": folder_fingerprint(self.model_path), "candidates": self.inner.model_fingerprint(encoder)}
+        )
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
         n_cand = min(self.n_candidates, len(docs))
@@ -133,12 +159,14 @@ class CrossEncoderMiner(HardNegativeMiner):
         qi, ci = np.nonzero(ok)
         all_q = qi.tolist() + pos_pairs[:, 0].tolist()
         all_d = cand[qi, ci].tolist() + pos_pairs[:, 1].tolist()
-        s = self.scorer().score([queries[i] for i in all_q], [docs[i] for i in all_d], self.batch_size, self.show_progress)
+        s = self.scorer().score(
+            [queries[i] for i in all_q], [docs[i] for i in all_d], self.batch_size, self.show_progress
+        )
         ce = np.full(cand.shape, -np.inf)
         ce[qi, ci] = s[: len(qi)]
         ce[np.isnan(ce)] = -np.inf  # a NaN score is no score: not retrieved, ranked last
         order = np.lexsort((cand, -ce), axis=1)[:, :depth]  # cross-encoder score desc, then corpus order
-        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(ce, order, axis=1), s[len(qi):]
+        return np.take_along_axis(cand, order, axis=1), np.take_along_axis(ce, order, axis=1), s[len(qi) :]
 
     def _release(self) -> None:
         self._scorer = None
@@ -149,8 +177,13 @@ class CrossEncoderMiner(HardNegativeMiner):
 
 
 def _candidate_miner(kind: str, n_candidates: int, options: dict[str, Any], show_progress: bool) -> HardNegativeMiner:
-    common = {"name": f"{kind} candidates", "top_k": n_candidates, "n_negatives": 1, "cache": False,
-              "show_progress": show_progress}
+    common = {
+        "name": f"{kind} candidates",
+        "top_k": n_candidates,
+        "n_negatives": 1,
+        "cache": False,
+        "show_progress": show_progress,
+    }
     if kind == "bm25":
         from embedexp.miners.bm25 import BM25Miner
 

@@ -45,8 +45,10 @@ def load_encoder(spec: Any, key: str = "miner.model"):
         from hydra.utils import instantiate
 
         return instantiate(spec)
-    raise ConfigError(f"{key}={spec!r}; expected null (the model being trained), a model folder path or a model preset "
-                      "(+model@miner.model=NAME)")
+    raise ConfigError(
+        f"{key}={spec!r}; expected null (the model being trained), a model folder path or a model preset "
+        "(+model@miner.model=NAME)"
+    )
 
 
 def _faiss():
@@ -73,7 +75,9 @@ class DenseMiner(HardNegativeMiner):
     ) -> None:
         common.setdefault("name", "dense")
         super().__init__(**common)
-        if model is not None and not (isinstance(model, (str, Path, dict)) or hasattr(model, "encode") or hasattr(model, "keys")):
+        if model is not None and not (
+            isinstance(model, (str, Path, dict)) or hasattr(model, "encode") or hasattr(model, "keys")
+        ):
             raise ConfigError(f"miner.model={model!r}; expected null, a model folder path or a model preset")
         if isinstance(model, str) and not model.strip():
             raise ConfigError("miner.model is an empty string; expected null, a model folder path or a model preset")
@@ -94,8 +98,10 @@ class DenseMiner(HardNegativeMiner):
     def encoder(self, encoder=None):
         if self.model is None:
             if encoder is None:
-                raise ConfigError(f"miner={self.name} with miner.model=null mines with the model being trained; "
-                                  "pass the encoder to mine() or set miner.model")
+                raise ConfigError(
+                    f"miner={self.name} with miner.model=null mines with the model being trained; "
+                    "pass the encoder to mine() or set miner.model"
+                )
             return encoder
         if self._own_encoder is None:
             self._own_encoder = load_encoder(self.model)
@@ -109,8 +115,13 @@ class DenseMiner(HardNegativeMiner):
         return self.encoder(encoder).fingerprint()
 
     def _embed(self, enc, texts: list[str], kind: str) -> np.ndarray:
-        emb = enc.encode(texts, kind=kind, batch_size=self.batch_size, show_progress=self.show_progress,
-                         desc=f"dense miner: encode {kind}s")
+        emb = enc.encode(
+            texts,
+            kind=kind,
+            batch_size=self.batch_size,
+            show_progress=self.show_progress,
+            desc=f"dense miner: encode {kind}s",
+        )
         return np.ascontiguousarray(np.asarray(emb.numpy() if hasattr(emb, "numpy") else emb, dtype=np.float32))
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
@@ -131,8 +142,15 @@ class DenseMiner(HardNegativeMiner):
         return (q * emb).sum(axis=1, dtype=np.float32).astype(np.float64)
 
 
-def rank_dense(q: np.ndarray, d: np.ndarray, depth: int, pos_pairs: np.ndarray, use_faiss: bool = False,
-               query_chunk: int = 1024, show_progress: bool = False):
+def rank_dense(
+    q: np.ndarray,
+    d: np.ndarray,
+    depth: int,
+    pos_pairs: np.ndarray,
+    use_faiss: bool = False,
+    query_chunk: int = 1024,
+    show_progress: bool = False,
+):
     """Exact top-`depth` documents by inner product for every query: (indices, scores, scores of pos_pairs).
 
     q: (nq, dim) and d: (nd, dim) float32; returns indices (nq, depth) int64, scores (nq, depth) float64 (score

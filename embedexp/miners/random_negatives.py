@@ -43,7 +43,9 @@ class RandomNegativeMiner:
         row gets n_negatives negatives.
         """
         if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
-            raise ConfigError(f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)")
+            raise ConfigError(
+                f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+            )
         rng = random.Random(self.seed)
         corpus = train_set.corpus
         pool: list[str] = list(dict.fromkeys(corpus.values()))  # distinct texts, in corpus order
@@ -91,8 +93,14 @@ class RandomNegativeMiner:
             "cache": "off",  # nothing to cache: sampling is cheap
         }
         removed_txt = ", ".join(f"{k}={v}" for k, v in removed.items())
-        log.info("miner=%s: %d rows (%d queries) had fewer than %d distinct non-positive texts%s", self.name, short,
-                 len(short_queries), n, " and were dropped" if short else "")
+        log.info(
+            "miner=%s: %d rows (%d queries) had fewer than %d distinct non-positive texts%s",
+            self.name,
+            short,
+            len(short_queries),
+            n,
+            " and were dropped" if short else "",
+        )
         if short and self.on_short == "fail":
             raise ConfigError(
                 f"miner.on_short=fail: {short} of {n_rows} rows ({len(short_queries)} queries) have fewer than "

@@ -80,7 +80,12 @@ class Tokenizer:
         self._stem_cache: dict[str, str] = {}
 
     def settings(self) -> dict:
-        return {"token_pattern": self.pattern, "lowercase": self.lowercase, "stopwords": self.stopwords, "stemmer": self.stemmer}
+        return {
+            "token_pattern": self.pattern,
+            "lowercase": self.lowercase,
+            "stopwords": self.stopwords,
+            "stemmer": self.stemmer,
+        }
 
     def __call__(self, text: str) -> list[str]:
         if self.lowercase:

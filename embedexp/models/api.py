@@ -88,7 +88,9 @@ class APIEncoder:
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ConfigError(f"model.max_retries={max_retries!r}; expected an integer >= 0")
         if not api_key_env:
-            raise ConfigError("model.api_key_env is empty; expected the name of the environment variable holding the API key")
+            raise ConfigError(
+                "model.api_key_env is empty; expected the name of the environment variable holding the API key"
+            )
         self.model_name_or_path = str(model_name_or_path)
         self.name = name or self.model_name_or_path
         self.url = str(base_url).rstrip("/") + "/embeddings"
@@ -160,8 +162,12 @@ class APIEncoder:
         texts = [self.prefixes[kind] + t for t in texts]
         size = max(1, min(int(batch_size), self.max_batch_size))
         chunks = []
-        for start in tqdm(range(0, len(texts), size), desc=desc or f"encode {kind}s ({self.name})",
-                          disable=not show_progress, unit="request"):
+        for start in tqdm(
+            range(0, len(texts), size),
+            desc=desc or f"encode {kind}s ({self.name})",
+            disable=not show_progress,
+            unit="request",
+        ):
             chunks.append(self._embed(texts[start : start + size], kind))
         out = torch.cat(chunks) if chunks else torch.empty(0, self._dim or 0)
         if self.normalize and len(out):
@@ -188,7 +194,9 @@ class APIEncoder:
             raise ModelError(f"{self.url}: embeddings of unequal length in one response")
         want = self.dimensions or self.expected_dim or self._dim
         if want is not None and emb.shape[1] != want:
-            raise ModelError(f"{self.url}: model {self.model_name_or_path!r} returned {emb.shape[1]}-dim embeddings, expected {want} (model.expected_dim)")
+            raise ModelError(
+                f"{self.url}: model {self.model_name_or_path!r} returned {emb.shape[1]}-dim embeddings, expected {want} (model.expected_dim)"
+            )
         self._dim = emb.shape[1]
         return emb
 
@@ -221,7 +229,9 @@ class APIEncoder:
             except urllib.error.HTTPError as e:
                 detail = _error_detail(e)
                 if e.code in (401, 403):
-                    raise ModelError(f"{self.url}: HTTP {e.code}, the key in ${self.api_key_env} was refused{detail}") from None
+                    raise ModelError(
+                        f"{self.url}: HTTP {e.code}, the key in ${self.api_key_env} was refused{detail}"
+                    ) from None
                 if e.code not in RETRY_STATUS:
                     raise ModelError(f"{self.url}: HTTP {e.code}{detail}") from None
                 problem = f"HTTP {e.code}{detail}"

@@ -66,8 +66,10 @@ def check_model_config(prefix: str, model: Any) -> int | None:
         actual = model_dim_of({"model_name_or_path": name})
         if stated is not None and actual is not None and stated != actual:
             key = "expected_dim" if model.get("expected_dim") is not None else "dim"
-            raise ModelError(f"model folder {path} has hidden size {actual}, but {prefix}.{key}={stated}; "
-                             "expected the preset's dim to match the weights")
+            raise ModelError(
+                f"model folder {path} has hidden size {actual}, but {prefix}.{key}={stated}; "
+                "expected the preset's dim to match the weights"
+            )
     return model_dim_of(model)
 
 
@@ -78,5 +80,7 @@ def _check_remote_code(prefix: str, path: Path, trusted: bool) -> None:
     except (ValueError, OSError, AttributeError):
         return
     if auto_map and not trusted:
-        raise ModelError(f"model folder {path} ships its own Python code (auto_map in config.json); it is not run "
-                         f"unless {prefix}.trust_remote_code=true (only for folders you trust)")
+        raise ModelError(
+            f"model folder {path} ships its own Python code (auto_map in config.json); it is not run "
+            f"unless {prefix}.trust_remote_code=true (only for folders you trust)"
+        )

@@ -95,7 +95,8 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout: 
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:  # True = attend (sdpa-style masks)
             attention_mask = torch.zeros_like(attention_mask, dtype=weights.dtype).masked_fill_(
-                ~attention_mask, torch.finfo(weights.dtype).min)
+                ~attention_mask, torch.finfo(weights.dtype).min
+            )
         weights = weights + attention_mask
     weights = F.softmax(weights, dim=-1)
     weights = _dropout(weights, dropout, module.training)

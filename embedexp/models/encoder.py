@@ -27,7 +27,12 @@ from embedexp.models.pooling import POOLING_MODES, pool
 log = logging.getLogger(__name__)
 
 KINDS = ("query", "document")
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 _ENCODE_BLOCK = 32  # batches tokenised per bulk call in encode()
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
 
@@ -89,7 +94,9 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
-            raise ConfigError(f"model.pooling={pooling!r} is not a pooling mode; expected one of {', '.join(POOLING_MODES)}")
+            raise ConfigError(
+                f"model.pooling={pooling!r} is not a pooling mode; expected one of {', '.join(POOLING_MODES)}"
+            )
         if not isinstance(max_seq_length, int) or max_seq_length < 1:
             raise ConfigError(f"model.max_seq_length={max_seq_length!r}; expected a positive integer")
         self.model_name_or_path = str(model_name_or_path)
@@ -112,7 +119,9 @@ class Encoder(nn.Module):
         self.backbone.train()  # from_pretrained returns eval mode; follow nn.Module's convention (encode() uses eval)
         cfg = self.backbone.config
         self._sdpa = getattr(cfg, "_attn_implementation", None) == "sdpa"
-        self._attn_dropout = float(getattr(cfg, "attention_probs_dropout_prob", getattr(cfg, "attention_dropout", 0.0)) or 0.0)
+        self._attn_dropout = float(
+            getattr(cfg, "attention_probs_dropout_prob", getattr(cfg, "attention_dropout", 0.0)) or 0.0
+        )
         self._train_attention = "eager"
         if cpu_dropout.wanted():  # torch samples dropout masks on one core on this CPU (see cpu_dropout)
             cpu_dropout.replace_dropout_modules(self.backbone)
@@ -133,11 +142,18 @@ class Encoder(nn.Module):
             tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
             config = AutoConfig.from_pretrained(name, **kwargs)
             # hub names and configs computed in code: the same rule on the loaded config, still before the weights
-            check_max_seq_length("model.max_seq_length", self.max_seq_length,
-                                 config_limit(config.to_dict(), getattr(tokenizer, "model_max_length", None),
-                                              where=f"{name}'s config"))
+            check_max_seq_length(
+                "model.max_seq_length",
+                self.max_seq_length,
+                config_limit(config.to_dict(), getattr(tokenizer, "model_max_length", None), where=f"{name}'s config"),
+            )
             backbone = AutoModel.from_pretrained(name, config=config, **kwargs)
-        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # unreachable hub name, broken folder, shape mismatch
+        except (
+            OSError,
+            RuntimeError,
+            ValueError,
+            SafetensorError,
+        ) as e:  # unreachable hub name, broken folder, shape mismatch
             text = str(e).strip()
             if "mismatch" in text.lower():
                 text = "weights do not match the shapes in config.json (size mismatch)"
@@ -145,7 +161,9 @@ class Encoder(nn.Module):
                 text = f"the weights file is corrupt or truncated ({text.splitlines()[0] if text else 'unreadable'})"
             first = text.splitlines()[0] if text else type(e).__name__
             raise ModelError(f"cannot load model {name!r}: {first}") from e
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # decoder LMs (Mistral, Qwen) ship no pad token
+        if (
+            tokenizer.pad_token is None and tokenizer.eos_token is not None
+        ):  # decoder LMs (Mistral, Qwen) ship no pad token
             tokenizer.pad_token = tokenizer.eos_token
         vocab = len(tokenizer)
         emb = backbone.get_input_embeddings().num_embeddings
@@ -189,8 +207,11 @@ class Encoder(nn.Module):
             from tokenizers import processors
 
             eos = str(tok.eos_token)
-            append = processors.TemplateProcessing(single=["$A:0", f"{eos}:0"], pair=["$A:0", "$B:1", f"{eos}:1"],
-                                                   special_tokens=[(eos, int(tok.eos_token_id))])
+            append = processors.TemplateProcessing(
+                single=["$A:0", f"{eos}:0"],
+                pair=["$A:0", "$B:1", f"{eos}:1"],
+                special_tokens=[(eos, int(tok.eos_token_id))],
+            )
             before = backend.post_processor
             backend.post_processor = append if before is None else processors.Sequence([before, append])
             if self._tokenizer_appends_eos():
@@ -309,8 +330,12 @@ class Encoder(nn.Module):
         device = self.device
         block = batch_size * _ENCODE_BLOCK
         try:
-            with tqdm(total=-(-len(texts) // batch_size), desc=desc or f"encode {kind}s", disable=not show_progress,
-                      unit="batch") as bar:
+            with tqdm(
+                total=-(-len(texts) // batch_size),
+                desc=desc or f"encode {kind}s",
+                disable=not show_progress,
+                unit="batch",
+            ) as bar:
                 for b0 in range(0, len(texts), block):
                     ids = order[b0 : b0 + block]
                     enc = self.tokenize_unpadded([texts[i] for i in ids], kind)
@@ -358,9 +383,11 @@ class Encoder(nn.Module):
         For last-token pooling the saved tokenizer appends EOS (`ensure_eos`), as in training.
         """
         if self._manual_eos:
-            log.warning("model %s: the tokenizer has no Rust pipeline to append EOS; the exported folder's "
-                        "tokenizer will not append it, so sentence-transformers embeds texts without it",
-                        self.model_name_or_path)
+            log.warning(
+                "model %s: the tokenizer has no Rust pipeline to append EOS; the exported folder's "
+                "tokenizer will not append it, so sentence-transformers embeds texts without it",
+                self.model_name_or_path,
+            )
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -372,7 +399,9 @@ class Encoder(nn.Module):
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         ]
         if self.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
             (tmp / "2_Normalize").mkdir()
         _write_json(tmp / "modules.json", modules)
         _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_seq_length, "do_lower_case": False})
@@ -422,7 +451,13 @@ class Encoder(nn.Module):
         pool_cfg = path / "1_Pooling" / "config.json"
         if "pooling" not in settings and pool_cfg.is_file():
             p = json.loads(pool_cfg.read_text())
-            settings["pooling"] = "cls" if p.get("pooling_mode_cls_token") else "last_token" if p.get("pooling_mode_lasttoken") else "mean"
+            settings["pooling"] = (
+                "cls"
+                if p.get("pooling_mode_cls_token")
+                else "last_token"
+                if p.get("pooling_mode_lasttoken")
+                else "mean"
+            )
         if "normalize" not in settings and (path / "modules.json").is_file():
             settings["normalize"] = "Normalize" in (path / "modules.json").read_text()
         sb = path / "sentence_bert_config.json"

@@ -23,10 +23,25 @@ from typing import Any, NamedTuple
 from embedexp.errors import ConfigError
 
 # model_type values whose position ids start at padding_idx + 1 (RobertaEmbeddings and its copies)
-PADDING_OFFSET_MODEL_TYPES = frozenset({
-    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "mpnet", "ibert",
-    "roberta-prelayernorm", "xmod", "luke", "markuplm", "esm", "lilt", "layoutlmv3",
-})
+PADDING_OFFSET_MODEL_TYPES = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "mpnet",
+        "ibert",
+        "roberta-prelayernorm",
+        "xmod",
+        "luke",
+        "markuplm",
+        "esm",
+        "lilt",
+        "layoutlmv3",
+    }
+)
 _NO_LIMIT = 10**12  # tokenizers without a stated limit store int(1e30); anything this large is no limit
 _POSITION_KEYS = ("max_position_embeddings", "n_positions")
 
@@ -56,13 +71,21 @@ def config_limit(config: dict, tokenizer_max_length: Any = None, where: str = "c
             if model_type in PADDING_OFFSET_MODEL_TYPES:
                 pad = config.get("pad_token_id")
                 offset = (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
-                limits.append(Limit(n - offset, f"{key}={n} in {where}, {n - offset} usable: {model_type} positions "
-                                                f"start after pad_token_id={offset - 1}"))
+                limits.append(
+                    Limit(
+                        n - offset,
+                        f"{key}={n} in {where}, {n - offset} usable: {model_type} positions "
+                        f"start after pad_token_id={offset - 1}",
+                    )
+                )
             else:
                 limits.append(Limit(n, f"{key}={n} in {where}"))
             break
-    if isinstance(tokenizer_max_length, int) and not isinstance(tokenizer_max_length, bool) \
-            and 0 < tokenizer_max_length < _NO_LIMIT:
+    if (
+        isinstance(tokenizer_max_length, int)
+        and not isinstance(tokenizer_max_length, bool)
+        and 0 < tokenizer_max_length < _NO_LIMIT
+    ):
         limits.append(Limit(tokenizer_max_length, f"the tokenizer's model_max_length={tokenizer_max_length}"))
     return min(limits, key=lambda lim: lim.tokens) if limits else None
 
@@ -99,5 +122,7 @@ def check_max_seq_length(key: str, value: Any, limit: Limit | None) -> None:
     if limit is None or not isinstance(value, int) or isinstance(value, bool):
         return
     if value > limit.tokens:
-        raise ConfigError(f"{key}={value} exceeds the model's limit of {limit.tokens} tokens ({limit.source}); "
-                          f"expected at most {limit.tokens}")
+        raise ConfigError(
+            f"{key}={value} exceeds the model's limit of {limit.tokens} tokens ({limit.source}); "
+            f"expected at most {limit.tokens}"
+        )

@@ -59,7 +59,9 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'-"
 
 def _byte_level_alphabet() -> list[str]:
     """GPT-2's byte -> printable character table (the base vocabulary of Qwen2's byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, n = [], 0
     for b in range(256):
         if b in printable:
@@ -96,8 +98,14 @@ def _tiny_decoder_tokenizer(family: str):
     raise ValueError(f"unknown decoder family {family!r}; expected one of {DECODER_FAMILIES}")
 
 
-def build_tiny_decoder(path: str | Path, family: str = "mistral", seed: int = 0, hidden_size: int = 32,
-                       layers: int = 2, max_position_embeddings: int = 512) -> Path:
+def build_tiny_decoder(
+    path: str | Path,
+    family: str = "mistral",
+    seed: int = 0,
+    hidden_size: int = 32,
+    layers: int = 2,
+    max_position_embeddings: int = 512,
+) -> Path:
     """Write a randomly initialised (seeded) decoder folder like e5-mistral (family="mistral") or gte-Qwen2 ("qwen2").
 
     The tokenizer folder says what the real models' folders say: ``tokenizer_config.json`` has

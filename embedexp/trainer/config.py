@@ -12,8 +12,23 @@ from embedexp.checks import check_choice, check_int, check_number, is_int, selec
 from embedexp.errors import ConfigError
 
 OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio", "grad_cache", "skip_bad_batches")  # ours, not lightning.Trainer's
-PRECISIONS = ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true", "16", "32", "64", "bf16",
-              "transformer-engine", "transformer-engine-float16", 16, 32, 64)
+PRECISIONS = (
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "16",
+    "32",
+    "64",
+    "bf16",
+    "transformer-engine",
+    "transformer-engine-float16",
+    16,
+    32,
+    64,
+)
 
 
 def world_size(trainer: dict) -> int | None:
@@ -52,17 +67,25 @@ def check_trainer_config(prefix: str, trainer: Any, batch_size: Any) -> None:
     check_int(f"{prefix}.num_nodes", trainer.get("num_nodes", 1), 1)
     check_int(f"{prefix}.skip_bad_batches", trainer.get("skip_bad_batches", 0), 0)
     devices = trainer.get("devices", 1)
-    if not (devices == "auto" or (is_int(devices) and (devices >= 1 or devices == -1))
-            or (isinstance(devices, str) and devices.isdigit()) or isinstance(devices, list)):
-        raise ConfigError(f"{prefix}.devices={devices!r}; expected a positive integer, -1, 'auto' or a list of device ids")
+    if not (
+        devices == "auto"
+        or (is_int(devices) and (devices >= 1 or devices == -1))
+        or (isinstance(devices, str) and devices.isdigit())
+        or isinstance(devices, list)
+    ):
+        raise ConfigError(
+            f"{prefix}.devices={devices!r}; expected a positive integer, -1, 'auto' or a list of device ids"
+        )
     if "precision" in trainer:
         check_choice(f"{prefix}.precision", trainer["precision"], PRECISIONS)
     if trainer.get("accelerator") in ("gpu", "cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ConfigError(f"{prefix}.accelerator={trainer['accelerator']}; no CUDA GPU is visible here; "
-                              "expected trainer=cpu (or run on a GPU node)")
+            raise ConfigError(
+                f"{prefix}.accelerator={trainer['accelerator']}; no CUDA GPU is visible here; "
+                "expected trainer=cpu (or run on a GPU node)"
+            )
     gc = trainer.get("grad_cache") or {}
     if not isinstance(gc, dict):
         raise ConfigError(f"{prefix}.grad_cache={gc!r}; expected a mapping with chunk_size, anchor_chunk_size")
@@ -70,8 +93,10 @@ def check_trainer_config(prefix: str, trainer: Any, batch_size: Any) -> None:
     check_int(f"{prefix}.grad_cache.chunk_size", chunk, 1, optional=True)
     check_int(f"{prefix}.grad_cache.anchor_chunk_size", gc.get("anchor_chunk_size"), 1, optional=True)
     if chunk is not None and is_int(batch_size) and chunk > batch_size:
-        raise ConfigError(f"{prefix}.grad_cache.chunk_size={chunk} exceeds data.batch_size={batch_size}; "
-                          "expected a chunk size <= the (per-device) batch size")
+        raise ConfigError(
+            f"{prefix}.grad_cache.chunk_size={chunk} exceeds data.batch_size={batch_size}; "
+            "expected a chunk size <= the (per-device) batch size"
+        )
 
 
 def check_batches(cfg: Any, n_rows: int) -> None:
