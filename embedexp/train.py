@@ -144,6 +144,94 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
     return datamodule, train_set, pending
 
 
+def _selection(cfg: DictConfig, datamodule, evaluator):
+    """The ModelSelection callback when a dev set exists (data.dev_fraction > 0), else None (checks select.*)."""
+    from embedexp.eval import Evaluator
+    from embedexp.eval.selection import ModelSelection
+    from embedexp.eval.sets import pairs_retrieval_set
+
+    sel = container(cfg.get("select")) or {}
+    if not datamodule.dev_rows:
+        if sel.get("interpolate"):
+            from embedexp.errors import ConfigError
+
+            raise ConfigError("select.interpolate=true needs a dev set; expected data.dev_fraction > 0 (e.g. 0.1)")
+        return None
+    name = f"{cfg.data.get('name', 'data')}_dev"
+    dev = Evaluator({}, batch_size=evaluator.batch_size, show_progress=False, **evaluator.ks)
+    dev.sets = [
+        pairs_retrieval_set(name, datamodule.dev_rows, f"dev:{datamodule.fingerprint()}", datamodule.dev_corpus)
+    ]
+    log.info(
+        "dev set %s: %d queries held out of training, %d documents",
+        name,
+        len(dev.sets[0].query_ids),
+        len(dev.sets[0].doc_ids),
+    )
+    specs = container(cfg.eval).get("sets") or {}
+    general_sets = list(sel.get("general_sets") or [])
+    missing = [g for g in general_sets if g not in specs]
+    if missing:
+        from embedexp.errors import ConfigError
+
+        raise ConfigError(
+            f"select.general_sets={general_sets}: {missing[0]} is not an eval set; expected one of {', '.join(specs)}"
+        )
+    general, general_metric = None, sel.get("general_metric")
+    if general_sets:
+        eval_cfg = container(cfg.eval)
+        general = Evaluator(
+            {g: specs[g] for g in general_sets},
+            batch_size=evaluator.batch_size,
+            show_progress=False,
+            cache_dir=eval_cfg.get("cache_dir"),
+            **evaluator.ks,
+        )
+        if general_metric is None:
+            first = general_sets[0]
+            general_metric = f"{first}/{'spearman' if specs[first].get('type') == 'sts' else 'ndcg@10'}"
+    return ModelSelection(
+        dev,
+        sel.get("monitor") or f"{name}/ndcg@10",
+        sel.get("mode", "max"),
+        sel.get("every_n_steps"),
+        sel.get("patience"),
+        general,
+        general_metric,
+        bool(sel.get("interpolate")),
+        sel.get("alphas") or (0.0, 0.25, 0.5, 0.75, 1.0),
+        float(sel.get("max_general_drop", 0.01)),
+    )
+
+
+def _selection_markdown(selection, out_dir: Path) -> str:
+    """results.md sections for the dev-set selection and the interpolation guard (with its Pareto plot)."""
+    from embedexp.eval import interpolate as ip
+
+    md = ""
+    picked = selection.report.get("selection")
+    if picked:
+        md += (
+            f"\n## Model selection (dev set)\n\n- monitor: {picked['monitor']} ({picked['mode']}); best "
+            f"{picked['best']:.4f} at step {picked['best_step']} of {picked['last_step']}\n"
+            + "".join(f"- step {h['step']}: {h[picked['monitor']]:.4f}\n" for h in picked["history"])
+        )
+    inter = selection.report.get("interpolation")
+    if inter:
+        chosen = {**inter["chosen"], "row": next(r for r in inter["rows"] if r["alpha"] == inter["chosen"]["alpha"])}
+        md += "\n## Interpolation guard (WiSE-FT)\n\n" + ip.markdown(
+            inter["rows"], chosen, selection.monitor, selection.general_metric
+        )
+        try:
+            ip.plot_pareto(
+                inter["rows"], chosen, selection.monitor, selection.general_metric, out_dir / "interpolation.png"
+            )
+            md += "\n![interpolation](interpolation.png)\n"
+        except Exception as e:  # a plot must not cost the run its results
+            log.warning("interpolation plot skipped: %s: %s", type(e).__name__, e)
+    return md
+
+
 def train(cfg: DictConfig) -> dict:
     validate_config(cfg, "train")  # types, ranges, paths: before any data or model loads (or heavy import)
     import lightning as L
@@ -173,6 +261,7 @@ def train(cfg: DictConfig) -> dict:
         pre_data, _, _ = _prepare_data(pretrain.data, pre_loss, None, cfg.seed, "pretrain.data")
         pre_optim, pre_trainer = split_trainer_cfg(OmegaConf.merge(cfg.trainer, pretrain.get("trainer") or {}))
     evaluator = Evaluator(**container(cfg.eval))
+    selection = _selection(cfg, datamodule, evaluator)
 
     # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
@@ -219,7 +308,7 @@ def train(cfg: DictConfig) -> dict:
         trainer_kwargs,
         optim_kwargs,
         out_dir,
-        [eval_cb],
+        [selection, eval_cb] if selection is not None else [eval_cb],
         loggers,
         checkpoint=checkpoint,
         ckpt_path=ckpt_path,
@@ -244,7 +333,13 @@ def train(cfg: DictConfig) -> dict:
         "resumed_from": ckpt_path,
         "config": scrub_secrets(container(cfg)),
     }
-    rows = write_results(out_dir, eval_cb.base, eval_cb.tuned, meta, eval_cb.units, evaluator.texts(), evaluator.stats)
+    extra_md = ""
+    if selection is not None:
+        meta["selection"] = selection.report
+        extra_md = _selection_markdown(selection, out_dir)
+    rows = write_results(
+        out_dir, eval_cb.base, eval_cb.tuned, meta, eval_cb.units, evaluator.texts(), evaluator.stats, extra_md
+    )
     log_results(loggers, rows, model_dir, meta)  # W&B: summary, table, model artifact; others: no-op
     if not checkpoint.get("keep", False):  # the run is finished: its resume checkpoint is dead weight
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)

@@ -23,6 +23,14 @@ def check_data_config(prefix: str, data: Any) -> None:
     check_choice(f"{prefix}.on_error", data.get("on_error", "raise"), ON_ERROR)
     for k in ("shuffle", "drop_last"):
         check_bool(f"{prefix}.{k}", data.get(k))
+    check_number(
+        f"{prefix}.dev_fraction",
+        data.get("dev_fraction", 0.0),
+        0,
+        1,
+        high_open=True,
+        why=" (the share of training queries held out as a dev set)",
+    )
     train = data.get("train")
     if not isinstance(train, dict):
         raise ConfigError(f"{prefix}.train={train!r}; expected a mapping with format and root/path")

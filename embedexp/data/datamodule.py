@@ -60,6 +60,7 @@ class EmbeddingDataModule(L.LightningDataModule):
         name: str = "",
         root: str | None = None,
         eval_sets: dict | None = None,
+        dev_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -73,6 +74,9 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.seed = seed
         self.name = name
         self.train_set: TrainSet | None = None
+        self.dev_fraction = dev_fraction
+        self.dev_rows: list[tuple[str, ...]] = []  # held-out rows by query (data.dev_fraction), see dev_split
+        self.dev_corpus: list[str] = []  # every positive/negative text of the whole training data
         self.tokenize: Tokenize | None = None
         self.sampler: ResumableSampler | None = None
         self._resume: tuple[int, int] | None = None
@@ -81,7 +85,13 @@ class EmbeddingDataModule(L.LightningDataModule):
     def load(self) -> TrainSet:
         """Read and validate the training data (cheap; done before any model loads)."""
         if self.train_set is None:
-            self.train_set = build_train_set(self.train_spec, seed=self.seed)
+            full = build_train_set(self.train_spec, seed=self.seed)
+            if self.dev_fraction:
+                from embedexp.data.dev_split import split_by_query
+
+                self.dev_corpus = list(dict.fromkeys(t for row in full.rows for t in row[1:]))
+                full, self.dev_rows = split_by_query(full, self.dev_fraction, self.seed)
+            self.train_set = full
         return self.train_set
 
     def set_train_set(self, train_set: TrainSet) -> None:

@@ -224,6 +224,7 @@ def write_results(
     units: dict | None = None,
     texts: dict[str, dict[str, str]] | None = None,
     stats: dict | None = None,
+    extra_md: str = "",
 ) -> dict:
     """Write per_query.jsonl, results.md and the plots, then results.json (the file that marks a finished run).
 
@@ -233,6 +234,7 @@ def write_results(
         meta: run facts listed under the table and stored in results.json (`title` heads results.md).
         units: per-unit values of both models (see `compare`); texts: {set: {query id: text}} for results.md.
         stats: alpha, confidence, n_resamples, seed.
+        extra_md: more markdown sections (model selection, interpolation) placed after the run facts.
     Returns:
         the rows of `compare`.
     """
@@ -250,6 +252,7 @@ def write_results(
         + markdown_table(rows, confidence=settings["confidence"])
         + "\n"
         + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "title" and not isinstance(v, dict))
+        + extra_md
         + largest_changes(rows, units, texts)
     )
     atomic_write(out_dir / "results.md", md)

@@ -136,9 +136,10 @@ def load_eval_set(name: str, spec: dict, key: str | None = None):
     raise ConfigError(f"{key}.type={kind!r}; expected one of {', '.join(SET_TYPES)}")
 
 
-def pairs_retrieval_set(name: str, rows, fingerprint: str) -> RetrievalSet:
+def pairs_retrieval_set(name: str, rows, fingerprint: str, extra_docs=()) -> RetrievalSet:
     """A retrieval set from (anchor, positive, *negatives) rows: distinct anchors -> queries `q<i>`, distinct
-    positive/negative texts -> documents `d<i>` (ids by first appearance), qrels anchor -> its positives (grade 1).
+    positive/negative texts (then `extra_docs`) -> documents `d<i>` (ids by first appearance), qrels anchor -> its
+    positives (grade 1).
 
     Raises:
         ValueError: no rows.
@@ -153,6 +154,8 @@ def pairs_retrieval_set(name: str, rows, fingerprint: str) -> RetrievalSet:
         for text in (positive, *negatives):
             doc_ids.setdefault(text, f"d{len(doc_ids)}")
         qrels.setdefault(qid, {})[doc_ids[positive]] = 1
+    for text in extra_docs:  # distractors: e.g. every document of the training data
+        doc_ids.setdefault(text, f"d{len(doc_ids)}")
     return RetrievalSet(
         name, list(query_ids.values()), list(query_ids), list(doc_ids.values()), list(doc_ids), qrels, fingerprint
     )
