@@ -39,12 +39,17 @@ def _demo_data_path() -> str:
     return str(Path(__file__).resolve().parent / "data" / "demo")
 
 
+def _helpdesk_data_path() -> str:
+    return str(Path(__file__).resolve().parent / "data" / "helpdesk")
+
+
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ${minilm_path:}, ${tiny_bert_path:}, ${demo_data_path:}."""
+    """Resolvers used by conf/: ${minilm_path:}, ${tiny_bert_path:}, ${demo_data_path:}, ${helpdesk_data_path:}."""
     for name, fn in {
         "minilm_path": _minilm_path,
         "tiny_bert_path": _tiny_bert_path,
         "demo_data_path": _demo_data_path,
+        "helpdesk_data_path": _helpdesk_data_path,
     }.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=True)
