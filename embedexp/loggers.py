@@ -155,7 +155,7 @@ def log_results(
     model_dir: str | Path | None,
     meta: dict[str, Any] | None = None,
 ) -> None:
-    """For each W&B logger: the scrubbed config, base/tuned/delta summary values, a results table, the
+    """For each W&B logger: the scrubbed config, base/tuned/delta (and CI/p/verdict) summary values, a results table, the
     exported model as an artifact; then end the run (a sweep in one process starts a new run per job)."""
     from lightning.pytorch.loggers import WandbLogger
 
@@ -171,11 +171,14 @@ def log_results(
         config = (meta or {}).get("config")
         if config:
             run.config.update(scrub_secrets(config, secrets), allow_val_change=True)
-        table = wandb.Table(columns=["metric", "base", "tuned", "delta"])
+        from embedexp.eval.results import STAT_KEYS
+
+        columns = ("base", "tuned", "delta", "ci_low", "ci_high", "p_holm", "verdict")
+        table = wandb.Table(columns=["metric", *columns])
         for metric, r in rows.items():
-            table.add_data(metric, r["base"], r["tuned"], r["delta"])
-            for part in ("base", "tuned", "delta"):
-                if r[part] is not None:
+            table.add_data(metric, *(r.get(c) for c in columns))
+            for part in ("base", "tuned", "delta", *STAT_KEYS):
+                if r.get(part) is not None:
                     run.summary[f"{part}/{metric}"] = r[part]
         run.log({"results": table})
         if model_dir is not None and Path(model_dir).is_dir():

@@ -245,6 +245,7 @@ def _close(a: Any, b: Any) -> bool:
 def attach_wandb(jobs: list[Job]) -> list[str]:
     """Read each job's newest W&B run dir (<job>/wandb/offline-run-* or run-*); fill the metrics of jobs
     without results.json from it; return every disagreement between the two (empty: they agree)."""
+    from embedexp.eval.results import STAT_KEYS
     from embedexp.loggers import read_wandb_run
 
     problems = []
@@ -266,7 +267,7 @@ def attach_wandb(jobs: list[Job]) -> list[str]:
         logged = {}
         for key, value in summary.items():
             part, _, metric = key.partition("/")
-            if part in ("base", "tuned", "delta") and metric and isinstance(value, (int, float)):
+            if part in ("base", "tuned", "delta", *STAT_KEYS) and metric and isinstance(value, (int, float, str)):
                 logged.setdefault(metric, {"base": None, "tuned": None, "delta": None})[part] = value
         j.wandb = {"dir": run["dir"], "id": run["id"], "metrics": logged}
         if j.status != FINISHED:

@@ -69,6 +69,6 @@ def test_evaluate_config_composes(isolated_cache):
 
 def test_defaults_are_the_documented_ones(isolated_cache):
     cfg = _compose("train", [])
-    assert cfg.data.name == "demo" and cfg.model.name == "all-MiniLM-L6-v2"
+    assert cfg.data.name == "helpdesk" and cfg.model.name == "all-MiniLM-L6-v2"
     assert cfg.loss._target_.endswith("InfoNCELoss") and cfg.loss.temperature == 0.05
     assert cfg.miner.name == "none" and cfg.trainer.accelerator == "cpu"

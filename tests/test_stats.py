@@ -147,3 +147,13 @@ def test_ranx_agrees():
     ours = paired_randomization_test(base, tuned, n_resamples=20_000, seed=0)
     theirs = fisher_randomization_test(base, tuned, n_permutations=20_000, random_seed=0)[0]
     assert ranx is not None and abs(ours - theirs) < 0.015 + 0.1 * theirs
+
+
+def test_verdict_needs_p_and_ci_to_agree():
+    from embedexp.eval.stats import PairedComparison
+
+    # p says significant but the CI touches 0 (the two procedures disagree at the margin): not "better"
+    borderline = PairedComparison(0.92, 0.924, 0.004, -0.002, 0.010, 0.04, 25, 21, 35, 81)
+    clear = PairedComparison(0.40, 0.60, 0.2, 0.12, 0.26, 0.0001, 53, 7, 48, 108)
+    assert [v for _, v in verdicts([borderline])] == ["no significant difference"]
+    assert [v for _, v in verdicts([clear])] == ["better"]

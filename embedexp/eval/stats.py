@@ -243,10 +243,19 @@ def compare_paired(
 
 
 def verdicts(comparisons: Sequence[PairedComparison], alpha: float = 0.05) -> list[tuple[float, str]]:
-    """(Holm-adjusted p, verdict) per comparison, over the family given: better / worse / no significant difference."""
+    """(Holm-adjusted p, verdict) per comparison, over the family given: better / worse / no significant difference.
+
+    "better" needs both tests to agree: Holm-adjusted p < alpha and a bootstrap CI entirely above 0 ("worse":
+    entirely below). The randomisation test and the percentile interval are different procedures and can disagree
+    at the margin (e.g. p = 0.04 with a CI that touches 0); such a row is reported as no significant difference.
+    """
     adjusted = holm([c.p for c in comparisons]) if comparisons else []
     out = []
     for c, p_adj in zip(comparisons, adjusted):
-        verdict = VERDICTS[2] if p_adj >= alpha else VERDICTS[0] if c.delta > 0 else VERDICTS[1]
+        verdict = VERDICTS[2]
+        if p_adj < alpha and c.ci_low > 0:
+            verdict = VERDICTS[0]
+        elif p_adj < alpha and c.ci_high < 0:
+            verdict = VERDICTS[1]
         out.append((p_adj, verdict))
     return out

@@ -82,6 +82,9 @@ def check_loss_config(
             kwargs[key] = value
     _check_arguments(prefix, cls, kwargs)
     try:
+        rule = getattr(cls, "check_config", None)  # a config-time rule stricter than the Python constructor's
+        if rule is not None:
+            rule(kwargs)
         built = cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(_reprefix(str(e), prefix)) from None

@@ -39,7 +39,7 @@ from torch import nn
 
 from embedexp.errors import ConfigError
 from embedexp.losses.cosine import check_pair_inputs
-from embedexp.losses.triplet import check_distance, is_number, pairwise_distance
+from embedexp.losses.triplet import check_cosine_margin, check_distance, is_number, pairwise_distance
 
 DISTANCES = ("cosine", "euclidean")
 
@@ -50,16 +50,20 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, margin: float = 0.5, distance: str = "cosine", online: bool = False) -> None:
         super().__init__()
-        self.distance = check_distance(distance, DISTANCES)
-        if not (is_number(margin) and margin > 0 and (self.distance != "cosine" or margin <= 2.0)):
-            rng = "in (0, 2.0] (cosine distances lie in [0, 2])" if self.distance == "cosine" else "> 0"
+        if not (is_number(margin) and margin > 0):
             raise ConfigError(
-                f"loss.margin={margin!r}; expected a number {rng}; dissimilar pairs are pushed to distance >= margin"
+                f"loss.margin={margin!r}; expected a number > 0 (dissimilar pairs are pushed to distance >= margin)"
             )
         self.margin = float(margin)
+        self.distance = check_distance(distance, DISTANCES)
         if not isinstance(online, bool):
             raise ConfigError(f"loss.online={online!r}; expected true or false")
         self.online = online
+
+    @staticmethod
+    def check_config(config: dict) -> None:
+        """Config-time rule (stricter than the constructor): a cosine margin above 2 can never be met."""
+        check_cosine_margin(config.get("margin", 0.5), config.get("distance", "cosine"), zero_ok=False)
 
     def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None) -> torch.Tensor:
         name = type(self).__name__

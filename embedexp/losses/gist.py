@@ -104,19 +104,11 @@ class GISTLoss(nn.Module):
                 f"loss.margin_strategy={margin_strategy!r}; expected one of {', '.join(MARGIN_STRATEGIES)}"
             )
         if not (
-            isinstance(margin, (int, float))
-            and not isinstance(margin, bool)
-            and math.isfinite(margin)
-            and 0 <= margin <= (1.0 if margin_strategy == "relative" else 2.0)
+            isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin) and margin >= 0
         ):
-            high = (
-                "1.0] (a fraction of the positive's score)"
-                if margin_strategy == "relative"
-                else "2.0] (cosine scores lie in [-1, 1])"
-            )
             raise ConfigError(
-                f"loss.margin={margin!r}; expected a number in [0, {high}; how far below the positive's guide score a "
-                "candidate may score before it is masked (0 = mask candidates scored above the positive)"
+                f"loss.margin={margin!r}; expected a number >= 0 (how far below the positive's guide score a "
+                "candidate may score before it is masked; 0 = mask candidates scored above the positive)"
             )
         self.temperature = float(temperature)
         self.margin_strategy = margin_strategy
@@ -126,6 +118,16 @@ class GISTLoss(nn.Module):
         self.contrast_positives = bool(contrast_positives)
         self._guide: list[nn.Module] = []  # a list, not a submodule: see the module docstring
         self.set_guide(guide)
+
+    @staticmethod
+    def check_config(config: dict) -> None:
+        """Config-time rule: a relative margin is a fraction of the positive's score (<= 1); an absolute one a
+        difference of cosine scores (<= 2)."""
+        from embedexp.checks import check_number
+
+        margin, relative = config.get("margin", 0.0), config.get("margin_strategy", "absolute") == "relative"
+        why = " (a fraction of the positive's score)" if relative else " (cosine scores lie in [-1, 1])"
+        check_number("loss.margin", margin, 0, 1.0 if relative else 2.0, why=why)
 
     # ------------------------------------------------------------------ guide model
 

@@ -64,6 +64,14 @@ def check_distance(distance, options: Sequence[str]) -> str:
     return distance
 
 
+def check_cosine_margin(margin, distance: str, zero_ok: bool) -> None:
+    """A configured margin on cosine distances (which lie in [0, 2]) must be in [0, 2] ((0, 2] unless `zero_ok`)."""
+    from embedexp.checks import check_number
+
+    if margin is not None and distance == "cosine":
+        check_number("loss.margin", margin, 0, 2.0, low_open=not zero_ok, why=" (cosine distances lie in [0, 2])")
+
+
 def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -77,13 +85,17 @@ class TripletLoss(nn.Module):
         self.distance = check_distance(distance, DISTANCES)
         if margin is None:
             margin = DEFAULT_MARGINS[self.distance]
-        if not (is_number(margin) and margin >= 0 and (self.distance != "cosine" or margin <= 2.0)):
-            rng = "in [0, 2.0] (cosine distances lie in [0, 2])" if self.distance == "cosine" else ">= 0"
+        if not (is_number(margin) and margin >= 0):
             raise ConfigError(
-                f"loss.margin={margin!r}; expected a number {rng} "
+                f"loss.margin={margin!r}; expected a number >= 0 "
                 f"(or null for the {self.distance} default {DEFAULT_MARGINS[self.distance]})"
             )
         self.margin = float(margin)
+
+    @staticmethod
+    def check_config(config: dict) -> None:
+        """Config-time rule (stricter than the constructor): a cosine margin above 2 can never be met."""
+        check_cosine_margin(config.get("margin"), config.get("distance", "cosine"), zero_ok=True)
 
     def forward(self, embeddings: Sequence[torch.Tensor] | dict, labels: torch.Tensor | None = None) -> torch.Tensor:
         cols = as_columns(embeddings)
