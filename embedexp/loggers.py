@@ -173,10 +173,9 @@ def log_results(
             run.config.update(scrub_secrets(config, secrets), allow_val_change=True)
         from embedexp.eval.results import STAT_KEYS
 
-        columns = ("base", "tuned", "delta", "ci_low", "ci_high", "p_holm", "verdict")
-        table = wandb.Table(columns=["metric", *columns])
+        table = wandb.Table(columns=["metric", "base", "tuned", "delta"])
         for metric, r in rows.items():
-            table.add_data(metric, *(r.get(c) for c in columns))
+            table.add_data(metric, r["base"], r["tuned"], r["delta"])
             for part in ("base", "tuned", "delta", *STAT_KEYS):
                 if r.get(part) is not None:
                     run.summary[f"{part}/{metric}"] = r[part]
