@@ -158,10 +158,8 @@ def _selection(cfg: DictConfig, datamodule, evaluator):
             raise ConfigError("select.interpolate=true needs a dev set; expected data.dev_fraction > 0 (e.g. 0.1)")
         return None
     name = f"{cfg.data.get('name', 'data')}_dev"
-    dev = Evaluator({}, batch_size=evaluator.batch_size, show_progress=False, **evaluator.ks)
-    dev.sets = [
-        pairs_retrieval_set(name, datamodule.dev_rows, f"dev:{datamodule.fingerprint()}", datamodule.dev_corpus)
-    ]
+    dev_set = pairs_retrieval_set(name, datamodule.dev_rows, f"dev:{datamodule.fingerprint()}", datamodule.dev_corpus)
+    dev = Evaluator([dev_set], batch_size=evaluator.batch_size, show_progress=False, **evaluator.ks)
     log.info(
         "dev set %s: %d queries held out of training, %d documents",
         name,

@@ -43,3 +43,17 @@ def write_beir(root: Path, corpus: dict, queries: dict, qrels: dict, split: str 
             for did, g in docs.items():
                 f.write(f"{qid}\t{did}\t{g}\n")
     return root
+
+
+def compose_demo_tiny(out: Path, cache: Path, *overrides: str):
+    """The `train` config of a demo_tiny run writing to `out`, caching under `cache`."""
+    from hydra import compose, initialize_config_dir
+
+    from embedexp.config import config_dir, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=["experiment=demo_tiny", f"paths.output_dir={out}", f"paths.cache_dir={cache}", *overrides],
+        )

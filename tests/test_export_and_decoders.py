@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from embedexp.cli import one_line_errors
-from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError
 from embedexp.models import Encoder
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.tiny import build_tiny_decoder
+
+from conftest import compose_demo_tiny
 
 PREFIX = "embedexp: error: "
 TEXTS = ["what causes tides", "the moon's gravity pulls the oceans.", "a b", "knead the dough, then let it rest!"]
@@ -84,17 +84,7 @@ def test_unnormalised_export_scores_like_embedexp(tmp_path, tiny_model_dir):
 
 # ================================================================ item 9: max_seq_length above the model's limit
 def _compose_train(tmp_path: Path, overrides):
-    register_resolvers()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                "experiment=demo_tiny",
-                f"paths.output_dir={tmp_path / 'out'}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                *overrides,
-            ],
-        )
+    return compose_demo_tiny(tmp_path / "out", tmp_path / "cache", *overrides)
 
 
 def _no_weight_loading(monkeypatch) -> list:

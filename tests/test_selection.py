@@ -8,14 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from embedexp.config import config_dir, register_resolvers
 from embedexp.data.dev_split import split_by_query
 from embedexp.data.train_sets import TrainSet
 from embedexp.errors import ConfigError
 from embedexp.eval.selection import ModelSelection
+
+from conftest import compose_demo_tiny
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -80,18 +80,7 @@ def test_early_stopping_after_patience_evaluations_without_improvement():
 
 
 def _cfg(out: Path, *overrides: str):
-    register_resolvers()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                "experiment=demo_tiny",
-                f"paths.output_dir={out}",
-                f"paths.cache_dir={out.parent / 'cache'}",
-                "logger=none",
-                *overrides,
-            ],
-        )
+    return compose_demo_tiny(out, out.parent / "cache", "logger=none", *overrides)
 
 
 def test_interpolation_guard_end_to_end(tmp_path):

@@ -161,6 +161,8 @@ def pairs_retrieval_set(name: str, rows, fingerprint: str, extra_docs=()) -> Ret
     )
 
 
-def load_eval_sets(specs: dict) -> list:
-    """Every eval set of `eval.sets` (name -> spec), in config order."""
+def load_eval_sets(specs: dict | list) -> list:
+    """Every eval set of `eval.sets` (name -> spec), in config order; a list of loaded sets is taken as it is."""
+    if isinstance(specs, list):
+        return list(specs)
     return [load_eval_set(name, dict(spec)) for name, spec in (specs or {}).items()]
