@@ -297,7 +297,8 @@ def test_eval_mteb_composes_with_both_entry_points(entry):
             config_name=entry,
             overrides=["eval=mteb", "model=tiny", "paths.data_root=/data", "eval.mteb.tasks=[SciFact]"],
         )
-    assert list(cfg.eval.sets) == ["demo_test", "demo_sts"] and cfg.eval.rerank.model is None  # eval/default's keys
+    # eval/default's keys: the data preset's eval sets (helpdesk by default) and rerank off
+    assert list(cfg.eval.sets) == ["helpdesk_test", "demo_sts"] and cfg.eval.rerank.model is None
     assert list(cfg.eval.mteb.tasks) == ["SciFact"] and cfg.eval.mteb.local_sets is True
     assert cfg.eval.mteb.local_data.SciFact.root == "/data/scifact"
     assert cfg.eval.mteb.local_data.STSBenchmark.path == "/data/stsb/test.tsv"
