@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from embedexp.checks import check_choice, check_int, check_number, is_int, select
+from embedexp.checks import check_bool, check_choice, check_int, check_number, is_int, select
 from embedexp.errors import ConfigError
 
 OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio", "grad_cache", "skip_bad_batches")  # ours, not lightning.Trainer's
@@ -78,6 +78,7 @@ def check_trainer_config(prefix: str, trainer: Any, batch_size: Any) -> None:
         )
     if "precision" in trainer:
         check_choice(f"{prefix}.precision", trainer["precision"], PRECISIONS)
+    check_bool(f"{prefix}.allow_slow_bf16", trainer.get("allow_slow_bf16"))
     if trainer.get("accelerator") in ("gpu", "cuda"):
         import torch
 
@@ -125,6 +126,7 @@ def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
     check_trainer_config("trainer", raw, None)
     optim = {k: raw.pop(k) for k in OPTIM_KEYS if k in raw}
     raw.pop("name", None)
+    allow_slow_bf16 = raw.pop("allow_slow_bf16", False)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in raw:
         if key not in allowed:
@@ -137,4 +139,6 @@ def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
         optim["accumulate_grad_batches"] = raw.pop("accumulate_grad_batches", 1)
     else:
         optim.pop("grad_cache", None)
-    return optim, raw
+    from embedexp.trainer.precision import resolve_cpu_precision
+
+    return optim, resolve_cpu_precision(raw, allow_slow_bf16=bool(allow_slow_bf16))
