@@ -129,11 +129,12 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
         miner = instantiate(miner_cfg)
         if getattr(miner, "needs_encoder", False):
             pending = miner
-            if train_set.corpus is None:
+            if train_set.corpus is None and train_set.columns[:2] != ("anchor", "positive"):  # pairs: a view
                 from embedexp.errors import ConfigError
 
                 raise ConfigError(
-                    f"miner={miner_cfg.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+                    f"miner={miner_cfg.name} needs retrieval data: a BEIR folder or (anchor, positive[, negatives]) "
+                    f"rows; this data has columns {train_set.columns}"
                 )
         else:
             train_set = miner.mine(train_set)
@@ -349,10 +350,14 @@ def train(cfg: DictConfig) -> dict:
 @cli_entry("train")
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 @one_line_errors
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     quiet_third_party()
     log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    from embedexp.sweep import check_objective, objective
+
+    returns_objective = check_objective(cfg)  # hydra/sweeper=optuna: needs a dev set (ConfigError otherwise)
     train(cfg)
+    return objective(cfg.paths.output_dir) if returns_objective else None  # the dev metric, for the sweeper
 
 
 if __name__ == "__main__":
