@@ -237,6 +237,7 @@ def train(cfg: DictConfig) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.eval import EvaluationCallback, Evaluator
+    from embedexp.eval.card import write_model_card
     from embedexp.eval.results import markdown_table, write_results
     from embedexp.loggers import log_results
     from embedexp.models.api import check_trainable
@@ -339,6 +340,7 @@ def train(cfg: DictConfig) -> dict:
     rows = write_results(
         out_dir, eval_cb.base, eval_cb.tuned, meta, eval_cb.units, evaluator.texts(), evaluator.stats, extra_md
     )
+    write_model_card(model_dir, rows, meta, evaluator.stats)  # README.md in the model folder, same table
     log_results(loggers, rows, model_dir, meta)  # W&B: summary, table, model artifact; others: no-op
     if not checkpoint.get("keep", False):  # the run is finished: its resume checkpoint is dead weight
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
