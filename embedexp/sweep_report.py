@@ -4,21 +4,27 @@ One row per job: the overrides that differ between jobs, then for every metric t
 and its delta vs the job's base model, read from each job's results.json. A job without results.json
 (failed, killed, still running) is listed with its status, never dropped; with Hydra's basic sweeper
 the jobs a sweep should have produced are known from multirun.yaml, so jobs that never started are
-listed too. Writes summary.md, summary.json and plots/<key>.png (every metric vs each swept key).
+listed too. Runs gathered by hand (`embedexp-report outputs/2026-11-29 outputs/other-run --out rep/`) are
+found below the given folders and named by their path. Writes summary.md, summary.json and plots/ (see
+embedexp/sweep_plots.py: only for swept hyperparameters). With a dev set (data.dev_fraction > 0) each job's
+dev objective (select.monitor, the value an Optuna sweep maximises) is listed and the best job is named.
 `--wandb` also reads the jobs' W&B run dirs (offline or synced) and checks they agree with results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from embedexp.errors import ConfigError, EmbedexpError
 
@@ -36,6 +42,9 @@ class Job:
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     job_id: str | None = None  # the scheduler's id (SLURM: logs under <sweep>/.submitit/<job_id>/)
     wandb: dict[str, Any] | None = None
+    name: str = ""  # shown in every table row and plot legend: the job number, or the run's folder path
+    base_model: str | None = None  # results.json's base_model: base lines are never shared across base models
+    objective: dict[str, Any] | None = None  # {"monitor", "mode", "value"}: the dev metric of the exported model
 
 
 def parse_overrides(lines: list[str]) -> dict[str, str]:
@@ -62,10 +71,33 @@ def _job_id(job_dir: Path) -> str | None:
     return str(job["id"]) if job.get("id") not in (None, "???") else None
 
 
-def read_job(job_dir: Path, num: int | None) -> Job:
+def dev_objective(results: dict) -> dict[str, Any] | None:
+    """The dev-set value of the model a run exported, from its results.json (None without a dev set).
+
+    That is the model-selection monitor (select.monitor, e.g. `demo_dev/ndcg@10`) at the selected step or,
+    with select.interpolate=true, at the chosen alpha (the exported weights). Test sets never enter it.
+
+    Returns:
+        {"monitor": name, "mode": "max" | "min", "value": float}, or None when the run had no dev set.
+    """
+    report = results.get("selection") or {}
+    picked = report.get("selection")
+    if not picked or picked.get("best") is None:
+        return None
+    value, monitor = float(picked["best"]), picked["monitor"]
+    inter = report.get("interpolation") or {}
+    alpha = (inter.get("chosen") or {}).get("alpha")
+    row = next((r for r in inter.get("rows") or [] if r.get("alpha") == alpha), None)
+    if row is not None and row.get(monitor) is not None:
+        value = float(row[monitor])
+    return {"monitor": monitor, "mode": picked.get("mode", "max"), "value": value}
+
+
+def read_job(job_dir: Path, num: int | None, name: str | None = None) -> Job:
     overrides = parse_overrides(_read_yaml(job_dir / ".hydra" / "overrides.yaml") or [])
     results = job_dir / "results.json"
     job = Job(num=num, dir=str(job_dir), status=NO_RESULTS, overrides=overrides, job_id=_job_id(job_dir))
+    job.name = name if name is not None else (str(num) if num is not None else job_dir.name)
     if results.exists():
         try:
             data = json.loads(results.read_text(encoding="utf-8"))
@@ -74,6 +106,8 @@ def read_job(job_dir: Path, num: int | None) -> Job:
         if not isinstance(data.get("metrics"), dict):
             raise ConfigError(f"{results}: no 'metrics' object; expected an embedexp results.json")
         job.metrics, job.status = data["metrics"], FINISHED
+        job.base_model = data.get("base_model")
+        job.objective = dev_objective(data)
     return job
 
 
@@ -99,13 +133,24 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]] | None:
     return [list(job) for batch in batches for job in batch]
 
 
+def _run_dirs(root: Path, depth: int = 4) -> list[Path]:
+    """Run folders (with .hydra/overrides.yaml) at or below `root`, not looking inside a run folder."""
+    if (root / ".hydra" / "overrides.yaml").exists():
+        return [root]
+    if depth == 0:
+        return []
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [run for sub in subs for run in _run_dirs(sub, depth - 1)]
+
+
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
-    """Every job of a sweep dir (numbered subdirs), or the run itself when the dir is one run."""
+    """Every job of a sweep dir (numbered subdirs), the run itself when the dir is one run, or else every run
+    folder below the dir (ad-hoc runs such as outputs/<date>/<time>), named by its path under the dir."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise ConfigError(f"{root}: not a directory; expected a sweep dir (multirun/<date>/<time>) or a run dir")
     if (root / ".hydra" / "overrides.yaml").exists():
-        return [read_job(root, None)]
+        return [read_job(root, None, root.name)]
     found: dict[int | str, Path] = {}
     for sub in sorted(p for p in root.iterdir() if (p / ".hydra" / "overrides.yaml").exists()):
         found[int(sub.name) if sub.name.isdigit() else sub.name] = sub
@@ -114,18 +159,65 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     if expected is not None:
         for num, overrides in enumerate(expected):
             sub = found.pop(num, None)
-            jobs.append(read_job(sub, num) if sub else Job(num, None, NOT_STARTED, parse_overrides(overrides)))
+            if sub:
+                jobs.append(read_job(sub, num))
+            else:
+                jobs.append(Job(num, None, NOT_STARTED, parse_overrides(overrides), name=str(num)))
     for key, sub in sorted(found.items(), key=lambda kv: (isinstance(kv[0], str), kv[0])):
         jobs.append(read_job(sub, key if isinstance(key, int) else None))
+    if not jobs:
+        jobs = [read_job(run, None, str(run.relative_to(root))) for run in _run_dirs(root)]
     if not jobs:
         raise ConfigError(f"{root}: no job dirs (subfolders with .hydra/overrides.yaml) and no multirun.yaml")
     return jobs
 
 
+def gather_jobs(dirs: list[str | Path]) -> list[Job]:
+    """The jobs of several sweep or run folders, each named by its path relative to the folders' common parent."""
+    if len(dirs) == 1:
+        return find_jobs(dirs[0])
+    paths = [Path(d).resolve() for d in dirs]
+    parent = Path(os.path.commonpath(paths))
+    jobs = []
+    for given, path in zip(dirs, paths):
+        prefix = str(path.relative_to(parent)) if path != parent else str(given)
+        for job in find_jobs(path):
+            job.name = prefix if Path(job.dir or "") == path else f"{prefix}/{job.name}"
+            jobs.append(job)
+    return jobs
+
+
+def _canonical(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _composed(job_dir: str) -> Any:
+    path = Path(job_dir) / ".hydra" / "config.yaml"
+    return OmegaConf.load(path) if path.exists() else None
+
+
+def value_of(job: Job, key: str) -> str:
+    """The job's value for an override key: its override, else its composed config's value (.hydra/config.yaml;
+    a config group's `name`), else ""."""
+    if key in job.overrides:
+        return job.overrides[key]
+    if job.dir is None or key.startswith("hydra"):
+        return ""
+    cfg = _composed(job.dir)
+    node = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
+    if OmegaConf.is_config(node):
+        node = node.get("name") if OmegaConf.is_dict(node) else None
+    return "" if node is None or OmegaConf.is_config(node) else str(node)
+
+
 def swept_keys(jobs: list[Job]) -> list[str]:
-    """Override keys whose value is not the same in every job, in first-seen order."""
+    """Override keys whose value is not the same in every job (1e-3 and 0.001 are the same), first-seen order."""
     keys = list(dict.fromkeys(k for j in jobs for k in j.overrides))
-    return [k for k in keys if len({j.overrides.get(k) for j in jobs}) > 1]
+    return [k for k in keys if len({_canonical(value_of(j, k)) for j in jobs}) > 1]
 
 
 def metric_names(jobs: list[Job]) -> list[str]:
@@ -139,6 +231,35 @@ def _cell(row: dict[str, float | None] | None) -> str:
     return f"{row['tuned']:.4f}" + (f" ({delta:+.4f})" if delta is not None else "")
 
 
+def best_job(jobs: list[Job]) -> Job | None:
+    """The finished job with the best dev objective (its select.mode), or None when no job has one."""
+    scored = [j for j in jobs if j.status == FINISHED and j.objective is not None]
+    if not scored:
+        return None
+    sign = -1.0 if scored[0].objective["mode"] == "min" else 1.0
+    return max(scored, key=lambda j: sign * j.objective["value"])
+
+
+def _best_lines(best: Job, keys: list[str], metrics: list[str]) -> list[str]:
+    obj = best.objective
+    setting = " ".join(f"`{k}={value_of(best, k)}`" for k in keys) or "(no swept keys)"
+    lines = [
+        f"**Best job: {best.name}** ({setting}): dev {obj['monitor']} = {obj['value']:.4f} "
+        f"({'highest' if obj['mode'] != 'min' else 'lowest'} of the jobs; chosen on the dev set, not on test sets).",
+        "Its evidence, base model vs fine-tuned (test sets):",
+        "",
+    ]
+    for m in metrics:
+        row = best.metrics.get(m) or {}
+        if row.get("tuned") is None:
+            continue
+        base = "" if row.get("base") is None else f"{row['base']:.4f} -> "
+        delta = "" if row.get("delta") is None else f" ({row['delta']:+.4f})"
+        verdict = f"; {row['verdict']}" if row.get("verdict") else ""
+        lines.append(f"- {m}: {base}{row['tuned']:.4f}{delta}{verdict}")
+    return lines
+
+
 def markdown(jobs: list[Job], title: str = "Sweep") -> str:
     keys, metrics = swept_keys(jobs), metric_names(jobs)
     common = {k: v for k, v in jobs[0].overrides.items() if k not in keys}
@@ -146,94 +267,40 @@ def markdown(jobs: list[Job], title: str = "Sweep") -> str:
     lines = [f"# {title}", "", f"{len(jobs)} jobs: {done} finished, {len(jobs) - done} failed or unfinished."]
     if common:
         lines.append("Common overrides: " + " ".join(f"`{k}={v}`" for k, v in common.items()))
+    bases = sorted({j.base_model for j in jobs if j.base_model})
+    if len(bases) > 1:
+        lines.append("Base models differ between jobs: " + ", ".join(f"`{b}`" for b in bases) + ".")
     lines += ["Metric cells: fine-tuned value (delta vs the job's base model).", ""]
-    head = ["job", "status", *keys, *metrics]
+    monitors = list(dict.fromkeys(j.objective["monitor"] for j in jobs if j.objective))
+    objective_col = [f"dev {monitors[0]}" if len(monitors) == 1 else "dev objective"] if monitors else []
+    head = ["job", "status", *keys, *objective_col, *metrics]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "---|" * (2 + len(keys)) + "---:|" * len(metrics))
+    lines.append("|" + "---|" * (2 + len(keys)) + "---:|" * (len(objective_col) + len(metrics)))
+    best = best_job(jobs)
     for j in jobs:
         status = j.status if j.job_id is None or j.status == FINISHED else f"{j.status}; job id {j.job_id}"
+        objective = []
+        if objective_col:
+            value = "" if j.objective is None else f"{j.objective['value']:.4f}"
+            objective = [f"**{value}** (best)" if j is best else value]
         cells = [
-            "" if j.num is None else str(j.num),
+            j.name,
             status,
-            *(j.overrides.get(k, "") for k in keys),
+            *(value_of(j, k) for k in keys),
+            *objective,
             *(_cell(j.metrics.get(m)) for m in metrics),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if best is not None:
+        lines += ["", *_best_lines(best, keys, metrics)]
     return "\n".join(lines) + "\n"
 
 
-def _as_number(values: list[str]) -> list[float] | None:
-    try:
-        return [float(v) for v in values]
-    except ValueError:
-        return None
-
-
 def plot(jobs: list[Job], out_dir: Path) -> list[Path]:
-    """plots/<key>.png per swept key: one panel per metric, fine-tuned value vs the key's value, one line
-    per combination of the other swept keys; the dotted line is the base model."""
-    import matplotlib
+    """The sweep's PNGs (embedexp/sweep_plots.py): one per swept hyperparameter, or a heatmap for two categorical ones."""
+    from embedexp.sweep_plots import plot_jobs
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finished = [j for j in jobs if j.status == FINISHED]
-    keys, metrics = swept_keys(jobs), metric_names(finished)
-    if not finished or not metrics:
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for key in keys:
-        values = list(dict.fromkeys(j.overrides.get(key, "") for j in jobs))
-        numbers = _as_number(values)
-        order = sorted(values, key=lambda v: float(v)) if numbers else values
-        xpos = {v: (float(v) if numbers else i) for i, v in enumerate(order)}
-        log_x = bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
-        ncols = min(4, len(metrics))
-        nrows = math.ceil(len(metrics) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 3.2 * nrows), squeeze=False)
-        others = [k for k in keys if k != key]
-        groups: dict[str, list[Job]] = {}
-        for j in finished:
-            groups.setdefault(" ".join(f"{k}={j.overrides.get(k, '')}" for k in others) or "jobs", []).append(j)
-        for ax, metric in zip(axes.flat, metrics):
-            for label, members in groups.items():
-                pts = sorted(
-                    (xpos[j.overrides.get(key, "")], j.metrics[metric]["tuned"])
-                    for j in members
-                    if metric in j.metrics and j.metrics[metric].get("tuned") is not None
-                )
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=label)
-            bases = [
-                j.metrics[metric]["base"]
-                for j in finished
-                if metric in j.metrics and j.metrics[metric].get("base") is not None
-            ]
-            if bases:
-                ax.axhline(sum(bases) / len(bases), color="gray", linestyle=":", label="base")
-            ax.set_title(metric, fontsize=9)
-            ax.set_xlabel(key, fontsize=8)
-            if log_x:
-                ax.set_xscale("log")
-            if not numbers:
-                ax.set_xticks(range(len(order)), order, fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(metrics) :]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7)
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
-        path = out_dir / f"{_safe(key)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)
+    return plot_jobs(jobs, out_dir)
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -285,17 +352,27 @@ def attach_wandb(jobs: list[Job]) -> list[str]:
 
 
 def write_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, plots: bool = True, wandb: bool = False
+    sweep_dir: str | Path | list[str | Path],
+    out_dir: str | Path | None = None,
+    plots: bool = True,
+    wandb: bool = False,
 ) -> dict:
-    """summary.md, summary.json and plots/ in out_dir (default: the sweep dir); returns the summary."""
-    root = Path(sweep_dir)
+    """summary.md, summary.json and plots/ in out_dir (default: the sweep dir); returns the summary.
+
+    Raises:
+        ConfigError: a folder is missing or holds no runs; several folders without out_dir; unreadable files.
+    """
+    roots = [Path(d) for d in (sweep_dir if isinstance(sweep_dir, (list, tuple)) else [sweep_dir])]
+    if len(roots) > 1 and not out_dir:
+        raise ConfigError(f"{len(roots)} folders given: --out is required (where summary.md and plots/ go)")
+    root = roots[0]
     out = Path(out_dir) if out_dir else root
-    jobs = find_jobs(root)
+    jobs = gather_jobs(roots)
     mismatches: list[str] = []
     if wandb:
         mismatches = attach_wandb(jobs)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(jobs, title=f"Sweep {root}")
+    md = markdown(jobs, title=f"Sweep {root}" if len(roots) == 1 else f"Runs under {os.path.commonpath(roots)}")
     plot_paths = plot(jobs, out / "plots") if plots else []
     if plot_paths:
         md += "\nPlots: " + ", ".join(f"[{p.stem}]({p.relative_to(out)})" for p in plot_paths) + "\n"
@@ -308,6 +385,7 @@ def write_report(
     summary = {
         "sweep_dir": str(root),
         "swept_keys": swept_keys(jobs),
+        "best_job": None if best_job(jobs) is None else best_job(jobs).name,
         "metrics": metric_names(jobs),
         "jobs": [asdict(j) for j in jobs],
         "plots": [str(p) for p in plot_paths],
@@ -321,7 +399,9 @@ def write_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedexp-report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", help="a multirun sweep dir (or a single run dir)")
+    parser.add_argument(
+        "sweep_dir", nargs="+", help="a multirun sweep dir, a run dir, or folders of runs (e.g. outputs/2026-11-29)"
+    )
     parser.add_argument("--out", help="where summary.md/json and plots/ go (default: the sweep dir)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
@@ -336,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embedexp: error: {e}", file=sys.stderr)
         return 2
     print(summary["markdown"])
-    out = Path(args.out or args.sweep_dir)
+    out = Path(args.out or args.sweep_dir[0])
     print(f"summary: {out / 'summary.md'}, {out / 'summary.json'}")
     return 1 if summary["wandb_mismatches"] else 0
 
