@@ -14,6 +14,7 @@ import torch
 from embedexp.eval.metrics import ir_metrics_per_query, pearson, retrieve, spearman
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_sets
 from embedexp.io import atomic_write
+from embedexp.trainer.inference import check_precision, resolve_inference_precision
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = "3"  # 2: trec_eval tie order, ignore_identical_ids per set; 3: one entry per set, per-unit values
@@ -36,8 +37,12 @@ class Evaluator:
         mteb: dict | None = None,
         rerank: dict | None = None,
         stats: dict | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.sets = load_eval_sets(sets)
+        # fp32 (exact, default) | bf16 | auto: bf16 autocast where native (embedexp/trainer/inference.py)
+        self.precision = check_precision("eval.precision", precision)
+        self._encode_kw: dict = {}
         self.batch_size = batch_size
         self.ks = {
             "ndcg_at": list(ndcg_at),
@@ -63,6 +68,8 @@ class Evaluator:
             payload["mteb"] = self.mteb.settings()
         elif self.reranker is not None:
             payload["rerank"] = self.reranker.settings()
+        if self._encode_kw:  # bf16 embeddings differ from fp32 ones; fp32 keys stay as they were
+            payload["precision"] = self._encode_kw["precision"]
         h.update(json.dumps(payload, sort_keys=True).encode())
         return h.hexdigest()
 
@@ -97,6 +104,7 @@ class Evaluator:
         "method"} per sentence pair (STS), the input of `embedexp.eval.stats`.
         """
         cached = use_cache and self.cache_dir is not None
+        self._encode_kw = self._precision_kw(encoder)
         fingerprint = encoder.fingerprint() if cached or self.mteb is not None else None
         results: dict[str, float] = {}
         units: dict[str, dict] = {}
@@ -126,6 +134,14 @@ class Evaluator:
         self.last_units = units
         return results
 
+    def _precision_kw(self, encoder) -> dict:
+        """encode() keyword for eval.precision on the encoder's device: {} for fp32 (any encoder works)."""
+        if self.precision == "fp32":
+            return {}
+        device = getattr(encoder, "device", "cpu")
+        resolved = resolve_inference_precision(self.precision, device, "eval.precision")
+        return {} if resolved == "fp32" else {"precision": resolved}
+
     def texts(self) -> dict[str, dict[str, str]]:
         """{set: {unit id: text}}: query texts of retrieval sets, "sentence1 || sentence2" of STS pairs."""
         out: dict[str, dict[str, str]] = {}
@@ -138,8 +154,12 @@ class Evaluator:
 
     def _retrieval(self, encoder, s: RetrievalSet) -> tuple[dict[str, float], dict[str, dict]]:
         """IR metrics of one set (top-k by exact cosine in trec_eval's order) and the full-dim per-query values."""
-        q = encoder.encode(s.queries, "query", self.batch_size, self.show_progress, desc=f"{s.name}: queries")
-        d = encoder.encode(s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus")
+        q = encoder.encode(
+            s.queries, "query", self.batch_size, self.show_progress, desc=f"{s.name}: queries", **self._encode_kw
+        )
+        d = encoder.encode(
+            s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus", **self._encode_kw
+        )
         k = max(max(v) for v in self.ks.values() if v)
         out, units = {}, {}
         for dim, suffix in self._dims(q.shape[1]):
@@ -155,8 +175,12 @@ class Evaluator:
         return out, units
 
     def _sts(self, encoder, s: STSSet) -> tuple[dict[str, float], dict[str, dict]]:
-        a = encoder.encode(s.text_a, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence1")
-        b = encoder.encode(s.text_b, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence2")
+        a = encoder.encode(
+            s.text_a, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence1", **self._encode_kw
+        )
+        b = encoder.encode(
+            s.text_b, "document", self.batch_size, self.show_progress, desc=f"{s.name}: sentence2", **self._encode_kw
+        )
         out, units = {}, {}
         for dim, suffix in self._dims(a.shape[1]):
             cos = torch.nn.functional.cosine_similarity(a[:, :dim], b[:, :dim], dim=-1).tolist()

@@ -17,12 +17,12 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from embedexp.errors import ConfigError, ModelError
 from embedexp.models import cpu_dropout
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.pooling import POOLING_MODES, pool
+from embedexp.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -317,12 +317,19 @@ class Encoder(nn.Module):
         batch_size: int = 64,
         show_progress: bool = False,
         desc: str | None = None,
+        precision: str = "fp32",
     ) -> torch.Tensor:
         """Inference: texts -> float32 (n, dim) on CPU.
 
         Texts are tokenised in bulk, a block of `_ENCODE_BLOCK` batches at a time, and batched by token length
         (longest first), so each batch is padded to the least width.
+        precision: "fp32" (default: exact, no autocast) or "bf16" (the forward under
+        `torch.autocast(device.type, torch.bfloat16)`; embeddings still returned as float32). Whether bf16 is worth
+        it on this hardware is the caller's decision (`embedexp.trainer.inference.resolve_inference_precision`).
+        Raises ConfigError for any other value.
         """
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"encode(precision={precision!r}); expected fp32 or bf16")
         was_training = self.training
         self.eval()
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # roughly by length: blocks stay alike
@@ -330,12 +337,7 @@ class Encoder(nn.Module):
         device = self.device
         block = batch_size * _ENCODE_BLOCK
         try:
-            with tqdm(
-                total=-(-len(texts) // batch_size),
-                desc=desc or f"encode {kind}s",
-                disable=not show_progress,
-                unit="batch",
-            ) as bar:
+            with progress_bar(-(-len(texts) // batch_size), desc or f"encode {kind}s", not show_progress) as bar:
                 for b0 in range(0, len(texts), block):
                     ids = order[b0 : b0 + block]
                     enc = self.tokenize_unpadded([texts[i] for i in ids], kind)
@@ -344,7 +346,12 @@ class Encoder(nn.Module):
                         sel = by_len[s0 : s0 + batch_size]
                         feats = self.pad({k: [v[j] for j in sel] for k, v in enc.items()})
                         feats = {k: v.to(device) for k, v in feats.items()}
-                        out[[ids[j] for j in sel]] = self(feats).float().cpu()
+                        if precision == "bf16":
+                            with torch.autocast(device.type, dtype=torch.bfloat16):
+                                emb = self(feats)
+                        else:
+                            emb = self(feats)
+                        out[[ids[j] for j in sel]] = emb.float().cpu()
                         bar.update(1)
         finally:
             self.train(was_training)
