@@ -156,3 +156,29 @@ def test_report_table_plot_and_json(tmp_path):
     assert table[2].startswith("| float32 | 32 | 128 | ") and "| binary | 8 | 1 |" in "\n".join(table)
     png = (tmp_path / "quantization.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_bench_script_encodes_once_and_writes_the_report(tmp_path, tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    from conftest import REPO, write_beir
+
+    spec = importlib.util.spec_from_file_location("bench_quantize", REPO / "scripts" / "bench_quantize.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    words = ["bone", "sleep", "vitamin", "heart", "brain", "cell", "gene", "virus"]
+    corpus = {f"d{i}": ("", f"{words[i % 8]} {words[(i * 3) % 8]} study {i}") for i in range(40)}
+    queries = {f"q{i}": f"{words[i]} research" for i in range(8)}
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{i + 8}": 2} for i in range(8)}
+    root = write_beir(tmp_path / "toy", corpus, queries, qrels)
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_model_dir), "--data", str(root), "--k", "100", "--repeats", "1", "--out", str(out)]
+    saved = json.loads(bench.main(argv).read_text())
+    assert [(r["precision"], r["dim"]) for r in saved["rows"]] == [(p, 32) for p in qz.PRECISIONS]
+    assert "8 queries, 40 documents" in saved["data"] and saved["encode_seconds"] > 0
+    assert (out / "quantization.png").is_file() and (out / "embeddings.npz").is_file()
+    # a second run reads the embeddings back instead of encoding again, and gets the same numbers
+    monkeypatch.setattr("embedexp.models.Encoder.encode", lambda *a, **k: pytest.fail("encoded again"))
+    again = json.loads(bench.main([*argv, "--dims", "32", "16"]).read_text())
+    assert again["encode_seconds"] == 0.0 and again["rows"][0]["metrics"] == saved["rows"][0]["metrics"]
+    assert [r["dim"] for r in again["rows"]] == [32] * 4 + [16] * 4
