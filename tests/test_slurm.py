@@ -1,5 +1,7 @@
-"""A real one-node Slurm (scripts/slurm/start.sh) runs a 2-job sweep through hydra/launcher=slurm_local,
-and a job killed with SIGKILL makes the sweep fail within a minute, naming the job's state.
+"""A real one-node Slurm (scripts/slurm/start.sh) runs a 2-job sweep through hydra/launcher=slurm_local whose
+jobs are 2-task DDP jobs (srun starts both ranks, Lightning's SLURMEnvironment, gloo on CPU) that train exactly
+like the same run under local DDP; a job requeued with `scontrol requeue` resumes from its checkpoint and ends
+like an uninterrupted run; a job killed with SIGKILL makes the sweep fail within a minute, naming the job's state.
 
 Needs root and apt (CI runs as root on Debian); the cluster is stopped at the end, also on failure.
 """
@@ -63,6 +65,32 @@ def _env(tmp_path: Path) -> dict:
     return {**os.environ, "EMBEDEXP_CACHE": str(tmp_path / "cache"), "HYDRA_FULL_ERROR": "0"}
 
 
+FAST_POLL = "hydra.callbacks.sweep_summary.slurm_poll_interval_s=1"  # notice a finished job within ~1 s
+
+
+def _local_run(tmp_path: Path, name: str, overrides: list[str]) -> Path:
+    """The reference: the same job as a plain single run on this machine (no Slurm), in tmp_path/name."""
+    out = tmp_path / name
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [*TRAIN, *overrides, f"hydra.run.dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out
+
+
+def _tuned(results: dict) -> dict:
+    return {m: row["tuned"] for m, row in results["metrics"].items()}
+
+
+def _weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(model_dir.rglob("*.safetensors"))
+    assert files, f"no weights under {model_dir}"
+    return {f"{f.relative_to(model_dir)}:{k}": v for f in files for k, v in load_file(str(f)).items()}
+
+
 def _sacct_state(job_id: str, wait_s: float = 30.0) -> str:
     """The job's final accounting state; submitit can return the result while the job step is still exiting."""
     deadline = time.monotonic() + wait_s
@@ -83,12 +111,18 @@ def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
         "-m",
         "experiment=demo_tiny",
         "hydra/launcher=slurm_local",
+        "hydra.launcher.tasks_per_node=2",  # 2-task DDP: srun starts both ranks (Lightning's SLURMEnvironment)
+        "trainer=ddp_cpu",
+        "trainer.enable_progress_bar=false",
         "trainer.lr=1e-3,2e-3",
         "trainer.max_steps=3",
+        FAST_POLL,
         f"hydra.sweep.dir={sweep}",
     ]
+    t0 = time.perf_counter()
     run = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    print(f"2-job sweep of 2-task DDP jobs on Slurm: {time.perf_counter() - t0:.1f} s")
 
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["swept_keys"] == ["trainer.lr"]
@@ -105,6 +139,90 @@ def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
         assert _sacct_state(job["job_id"]) == "COMPLETED"
     md = (sweep / "summary.md").read_text()
     assert "2 finished, 0 failed" in md and (sweep / "plots" / "trainer.lr.png").stat().st_size > 1000
+
+    for num in (0, 1):
+        # rank 1 was Slurm's task 1 (its own log file from srun), not a child Lightning started from task 0
+        job_id = summary["jobs"][num]["job_id"]
+        rank1 = (sweep / ".submitit" / job_id / f"{job_id}_1_log.err").read_text()
+        assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1, rank1[-2000:]
+        assert not (sweep / str(num) / "train_ddp_process_1.log").exists()
+    # the same job under local DDP (devices=2 without Slurm: Lightning starts rank 1 itself) trains the same
+    t0 = time.perf_counter()
+    ref = _local_run(
+        tmp_path, "local_ddp", ["experiment=demo_tiny", "trainer=ddp_cpu", "trainer.lr=1e-3", "trainer.max_steps=3"]
+    )
+    print(f"local DDP reference run: {time.perf_counter() - t0:.1f} s")
+    assert (ref / "train_ddp_process_1.log").exists()  # it really was a 2-process run
+    ours = json.loads((sweep / "0" / "results.json").read_text())
+    theirs = json.loads((ref / "results.json").read_text())
+    assert ours["steps"] == theirs["steps"] == 3
+    assert _tuned(ours) == pytest.approx(_tuned(theirs), abs=1e-6)
+    a, b = _weights(sweep / "0" / "model"), _weights(ref / "model")
+    assert a.keys() == b.keys()
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-5
+
+
+def _requeue_when_checkpointed(job_dir: Path, job_id: str, deadline: float) -> int:
+    """Freeze the job's task as soon as checkpoints/last.ckpt exists (so it cannot finish first), then
+    `scontrol requeue` it; returns the optimiser step of the checkpoint it had written."""
+    import torch
+
+    ckpt = job_dir / "checkpoints" / "last.ckpt"
+    while not ckpt.exists():
+        assert time.time() < deadline, f"job {job_id} wrote no checkpoint"
+        time.sleep(0.05)
+    pid = _task_pid(job_id, deadline)
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.5)  # a save in progress is atomic (tmp + rename): last.ckpt is always complete
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+    assert requeue.returncode == 0, requeue.stderr
+    os.kill(pid, signal.SIGCONT)  # let Slurm's SIGTERM/SIGKILL end it
+    return step
+
+
+def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    overrides = [
+        "experiment=demo_tiny",
+        "trainer.max_steps=30",
+        "trainer.max_epochs=100",
+        "checkpoint.every_n_steps=2",
+        "trainer.enable_progress_bar=false",
+    ]
+    cmd = [*TRAIN, "-m", *overrides, "hydra/launcher=slurm_local", "seed=7", FAST_POLL, f"hydra.sweep.dir={sweep}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.time() + 180
+        job_id = None
+        while job_id is None:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+            job_id = _job_id(sweep / "0")
+        step = _requeue_when_checkpointed(sweep / "0", job_id, deadline)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(f"requeued Slurm job: {time.perf_counter() - t0:.1f} s (requeued at step {step})")
+    assert proc.returncode == 0, out[-3000:]
+    assert 0 < step < 30
+    restarts = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-D", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30
+    ).stdout.split()
+    assert restarts[0] == "REQUEUED" and restarts[-1] == "COMPLETED", restarts  # -D: every run of the job
+    results = json.loads((sweep / "0" / "results.json").read_text())
+    assert results["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt") and results["steps"] == 30
+
+    t0 = time.perf_counter()
+    ref = json.loads((_local_run(tmp_path, "uninterrupted", [*overrides, "seed=7"]) / "results.json").read_text())
+    print(f"uninterrupted reference run: {time.perf_counter() - t0:.1f} s")
+    assert ref["resumed_from"] is None and ref["steps"] == 30
+    assert _tuned(results) == _tuned(ref)  # identical, not merely close
 
 
 def _job_id(job_dir: Path) -> str | None:
