@@ -5,9 +5,40 @@ from __future__ import annotations
 from typing import Any
 
 from embedexp.checks import check_bool, check_choice, check_dir, check_file, check_int, check_number
+from embedexp.data.formats import POSITIVES, SHORT_NEGATIVES
 from embedexp.data.readers import ON_ERROR
 from embedexp.data.train_sets import FORMATS
 from embedexp.errors import ConfigError
+
+TABLE_WHAT = {
+    "table": "a table file (.csv, .tsv, .json, .jsonl, .parquet, .arrow), a dataset folder or a hub name",
+    "pairs": "a pairs file (.jsonl, or any table file), or a dataset folder",
+    "labeled_pairs": "a labeled pairs file (.jsonl, or any table file), or a dataset folder",
+}
+
+
+def check_table_source(key: str, train: dict, fmt: str) -> None:
+    """`path` (a local file or folder that exists; anything else is a hub name), the column mapping and the
+    draw settings of a table-backed source.
+
+    Raises:
+        ConfigError: naming the key, its value and what is expected.
+    """
+    from pathlib import Path
+
+    path = train.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{key}.path={path!r}; expected the path of {TABLE_WHAT[fmt]}")
+    p = Path(path).expanduser()
+    local = fmt != "table" or path.startswith(("/", ".", "~")) or bool(p.suffix)
+    if local and not p.exists():
+        raise ConfigError(f"{key}.path={path}: file does not exist; expected {TABLE_WHAT[fmt]}")
+    columns = train.get("columns")
+    if columns is not None and not isinstance(columns, dict):
+        raise ConfigError(f"{key}.columns={columns!r}; expected a mapping of role to column, e.g. {{anchor: question}}")
+    check_int(f"{key}.negatives_per_row", train.get("negatives_per_row"), 0, optional=True)
+    check_choice(f"{key}.short_negatives", train.get("short_negatives", "repeat"), SHORT_NEGATIVES)
+    check_choice(f"{key}.positives", train.get("positives", "first"), POSITIVES)
 
 
 def check_data_config(prefix: str, data: Any) -> None:
@@ -41,6 +72,8 @@ def check_data_config(prefix: str, data: Any) -> None:
         check_dir(f"{prefix}.train.root", train.get("root"), "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
     elif fmt == "sentences" and not train.get("path"):
         raise ConfigError(f"{prefix}.train needs root (a BEIR folder) or path (a text file) for format=sentences")
+    elif fmt in ("table", "pairs", "labeled_pairs"):
+        check_table_source(f"{prefix}.train", train, fmt)
     else:
         what = {
             "pairs": "a pairs jsonl file",

@@ -27,7 +27,7 @@ def split_by_query(ts: TrainSet, fraction: float, seed: int) -> tuple[TrainSet, 
             f"data.dev_fraction={fraction}: a dev split needs (anchor, positive) rows; this data has "
             f"columns {ts.columns}; expected data.dev_fraction=0 or an explicit eval set"
         )
-    anchors = list(dict.fromkeys(row[0] for row in ts.rows))
+    anchors = list(dict.fromkeys(row[0] for row in ts.rows))  # one pass (lazy for table-backed rows)
     if len(anchors) < 2:
         raise ConfigError(
             f"data.dev_fraction={fraction}: the training data has {len(anchors)} distinct query; "
@@ -45,4 +45,5 @@ def split_by_query(ts: TrainSet, fraction: float, seed: int) -> tuple[TrainSet, 
         **ts.info,
         "dev_split": {"fraction": fraction, "seed": seed, "dev_queries": n_dev, "dev_rows": len(dev_rows)},
     }
-    return replace(ts, rows=[ts.rows[i] for i in keep], query_ids=query_ids, qrels=qrels, info=info), dev_rows
+    rows = ts.rows.take(keep) if hasattr(ts.rows, "take") else [ts.rows[i] for i in keep]  # table rows stay lazy
+    return replace(ts, rows=rows, query_ids=query_ids, qrels=qrels, info=info), dev_rows

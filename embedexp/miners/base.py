@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from embedexp.data.retrieval_view import with_retrieval_ids
 from embedexp.data.train_sets import TrainSet
 from embedexp.errors import ConfigError
 from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write_cache
@@ -312,9 +313,11 @@ class HardNegativeMiner:
 
     # ---------------------------------------------------------------- mining
     def mine(self, train_set: TrainSet, encoder=None) -> TrainSet:
+        train_set = with_retrieval_ids(train_set)  # pairs/table rows: corpus = their texts, as ST's miner
         if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
             raise ConfigError(
-                f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+                f"miner={self.name} needs retrieval data: a BEIR folder or (anchor, positive[, negatives]) rows; "
+                f"this data has columns {train_set.columns}"
             )
         if self.needs_encoder and encoder is None:
             raise ConfigError(

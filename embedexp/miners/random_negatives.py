@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 
+from embedexp.data.retrieval_view import with_retrieval_ids
 from embedexp.data.train_sets import TrainSet
 from embedexp.errors import ConfigError
 from embedexp.miners.base import ON_SHORT, check_choice, check_int
@@ -42,9 +43,11 @@ class RandomNegativeMiner:
         Raises ConfigError for data without corpus/qrels, for on_short=fail with a short row, and when no
         row gets n_negatives negatives.
         """
+        train_set = with_retrieval_ids(train_set)  # pairs/table rows: corpus = their texts, as ST's miner
         if train_set.corpus is None or train_set.query_ids is None or train_set.qrels is None:
             raise ConfigError(
-                f"miner={self.name} needs retrieval data with a corpus and qrels (data.train.format=beir)"
+                f"miner={self.name} needs retrieval data: a BEIR folder or (anchor, positive[, negatives]) rows; "
+                f"this data has columns {train_set.columns}"
             )
         rng = random.Random(self.seed)
         corpus = train_set.corpus
