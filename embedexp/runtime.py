@@ -19,6 +19,7 @@ import ctypes.util
 import logging
 import os
 import platform
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +98,70 @@ def process_defaults() -> None:
 
 
 def quiet_third_party() -> None:
-    """One log stream (hydra's): drop lightning's own handlers and transformers' per-file progress bars."""
-    import logging
+    """One log stream (hydra's), without known-harmless third-party lines.
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).handlers.clear()
+    Drops transformers' per-file progress bars and installs narrow filters (exact logger + message, or exact
+    warning message + module; see `_filters`), and `quiet_lightning` if Lightning is already imported.
+    Call `quiet_lightning` again after a later `import lightning`. Real warnings are untouched.
+    """
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    _install_warning_filters()
+    if "lightning" in sys.modules:
+        quiet_lightning()
+
+
+class MessageFilter(logging.Filter):
+    """Drops records of one logger whose message starts with one of `prefixes` (and nothing else)."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.prefixes)
+
+
+# (logger, message prefix): lines Lightning prints on every run that say nothing about this run
+_LOG_FILTERS = (
+    # an advertisement, printed whenever no LitLogger is configured
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
+    # every checkpoint save: weights_only is a loading option; our checkpoints hold the optimiser and RNG state
+    # on purpose (embedexp.checkpointing) and are loaded by Lightning itself
+    ("lightning.pytorch.trainer.connectors.checkpoint_connector", "`weights_only` was not set, defaulting to"),
+)
+
+
+def _install_warning_filters() -> None:
+    """Known-harmless warnings, each by its exact message and the module that raises it."""
+    import warnings
+
+    # lightning's pytree helper calls a torch API deprecated in torch 2.13; nothing for a user to change
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\."
+    )
+    if not os.environ.get("SLURM_JOB_ID"):
+        # outside a SLURM allocation the hint ("prepend srun") is wrong advice; inside one it stays
+        warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+
+
+def quiet_lightning() -> None:
+    """After `import lightning`: drop the console handler it adds to the `lightning` logger (every INFO line
+    would print twice beside hydra's root handler) and filter the lines in `_LOG_FILTERS`. Idempotent."""
+    import lightning
+
+    root = logging.getLogger("lightning")
+    console = getattr(lightning, "_console", None)
+    if console is not None and console in root.handlers and logging.getLogger().handlers:
+        root.removeHandler(console)  # only when the root logger (hydra's) prints them instead
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for name, prefix in _LOG_FILTERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MessageFilter) and prefix in f.prefixes for f in logger.filters):
+            logger.addFilter(MessageFilter(prefix))

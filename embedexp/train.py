@@ -42,13 +42,22 @@ def _fit(
     import lightning as L
 
     from embedexp.checkpointing import ResumableCheckpoint
+    from embedexp.curves import CurveKeeper
     from embedexp.module import EmbeddingModule
+    from embedexp.progress import resolved_mode
 
     if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
         loss.attach(encoder)
     datamodule.set_tokenizer(encoder.tokenize)
     module = EmbeddingModule(encoder, loss, **optim_kwargs)
-    callbacks = list(callbacks)
+    from embedexp.trainer.progress import FinishBars, LineProgressBar
+
+    callbacks = [CurveKeeper(), *callbacks, FinishBars()]  # CurveKeeper first: it starts the CSV file
+    mode = resolved_mode()
+    if trainer_kwargs.get("enable_progress_bar", True) and mode == "lines":
+        callbacks.append(LineProgressBar())  # not a terminal: plain `step N/M loss=...` lines instead of a bar
+    elif mode == "none":
+        trainer_kwargs = {**trainer_kwargs, "enable_progress_bar": False}
     if checkpoint and checkpoint.get("enabled", True):
         callbacks.append(
             ResumableCheckpoint(out_dir / "checkpoints", checkpoint.get("every_n_steps"), datamodule=datamodule)
@@ -233,9 +242,15 @@ def _selection_markdown(selection, out_dir: Path) -> str:
 
 def train(cfg: DictConfig) -> dict:
     validate_config(cfg, "train")  # types, ranges, paths: before any data or model loads (or heavy import)
+    from embedexp.progress import configure
+
+    configure(**(container(cfg.get("progress")) or {}))  # checked: one line naming progress.<key>
     import lightning as L
     from hydra.utils import instantiate
 
+    from embedexp.runtime import quiet_lightning
+
+    quiet_lightning()  # lightning's import added its own console handler: one stream, no tips
     from embedexp.eval import EvaluationCallback, Evaluator
     from embedexp.eval.card import write_model_card
     from embedexp.eval.results import markdown_table, write_results

@@ -22,10 +22,13 @@ class EvaluationCallback(L.Callback):
         self.units: dict[str, dict] = {"base": {}, "tuned": {}}  # per-query / per-pair values (Evaluator.last_units)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.evaluate_base and trainer.is_global_zero and not self.base:
+        if not trainer.is_global_zero:
+            return
+        if self.evaluate_base and not self.base:
             self.base = self.evaluator.evaluate(pl_module.encoder, use_cache=True)
             self.units["base"] = self.evaluator.last_units
             log.info("base model: %s", _fmt(self.base))
+        if self.base and trainer.ckpt_path is None:  # also when filled before fit; a resumed run's curves have it
             _log(trainer, "base", self.base, step=0)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

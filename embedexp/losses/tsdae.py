@@ -53,6 +53,7 @@ Auto-Encoder for Unsupervised Sentence Embedding Learning", Findings of EMNLP, a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import random
@@ -141,7 +142,11 @@ class TSDAELoss(nn.Module):
             config = AutoConfig.from_pretrained(source, **kwargs)
             config.is_decoder = True
             config.add_cross_attention = True
-            decoder = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+            with _held_back_load_report():
+                decoder, info = AutoModelForCausalLM.from_pretrained(
+                    source, config=config, output_loading_info=True, **kwargs
+                )
+            _report_decoder_load(source, info)
             decoder_tokenizer = (
                 encoder.tokenizer
                 if source == encoder.model_name_or_path
@@ -325,3 +330,54 @@ class TSDAELoss(nn.Module):
             )
             input_ids, mask = enc["input_ids"], enc["attention_mask"]
         return input_ids.to(device), mask.to(device)
+
+
+# ---------------------------------------------------------------- decoder load report
+def _expected_decoder_key(key: str, kind: str) -> bool:
+    """Keys whose absence (or surplus) is expected when an encoder checkpoint is loaded as a decoder: the new
+    cross-attention blocks and LM head are missing from it; its pooler has no place in a causal LM."""
+    if kind == "missing":
+        return "crossattention" in key or key.startswith(("cls.", "lm_head")) or ".lm_head." in key
+    return kind == "unexpected" and "pooler." in key
+
+
+class _LoadReportFilter(logging.Filter):
+    """Holds back transformers' LOAD REPORT table and its "checkpoint seem corrupted" line (for the untied LM-head
+    bias) of the decoder load only; `_report_decoder_load` reports the same keys as expected or not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.getMessage())
+        return not ("LOAD REPORT" in message or message.startswith("This checkpoint seem corrupted"))
+
+
+@contextlib.contextmanager
+def _held_back_load_report():
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    held = _LoadReportFilter()
+    hf_logger.addFilter(held)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(held)
+
+
+def _report_decoder_load(source: str, info: dict) -> None:
+    """One info line for the expected new weights; a warning naming any other missing/unexpected/mismatched key."""
+    expected = {
+        kind: [k for k in info.get(f"{kind}_keys", ()) if _expected_decoder_key(k, kind)]
+        for kind in ("missing", "unexpected")
+    }
+    other = {
+        kind: sorted(set(map(str, info.get(f"{kind}_keys", ()))) - set(expected.get(kind, [])))
+        for kind in ("missing", "unexpected", "mismatched")
+    }
+    logger.info(
+        "TSDAE decoder from %s: %d cross-attention/LM-head tensors newly initialised, %d pooler tensors unused "
+        "(expected: an encoder checkpoint has no decoder parts)",
+        source,
+        len(expected["missing"]),
+        len(expected["unexpected"]),
+    )
+    for kind, keys in other.items():
+        if keys:
+            logger.warning("TSDAE decoder from %s: %d %s weights: %s", source, len(keys), kind, ", ".join(keys))
