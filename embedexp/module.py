@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from embedexp.distributed.gather import all_reduce_sum_, gather, gather_no_grad, local_rows, world
+from embedexp.distributed.gather import all_reduce_sum_, gather, gather_extra, local_rows, world
 from embedexp.distributed.grad_cache import grad_cache_backward, loss_and_embedding_grads
 from embedexp.errors import ConfigError, NumericalError
 from embedexp.models import Encoder
@@ -141,10 +141,32 @@ class EmbeddingModule(L.LightningModule):
         return self._loss_on(embeddings, labels, self._extra(batch, embeddings[0].device))
 
     def _extra(self, batch, device) -> dict:
+        """The loss's keyword arguments beyond the embeddings: guide embeddings (GIST), the text and
+        known-positive ids for known-positive masking (losses with `mask_known_positives`), and
+        `in_batch_negatives=False` for a mixture source trained without in-batch negatives."""
+        extra: dict = {}
         guide = loss_attr(self.loss, "guide")
-        if guide is None:
-            return {}
-        return {"guide_embeddings": guide_embeddings(guide, batch["texts"], batch["kinds"], device)}
+        if guide is not None:
+            extra["guide_embeddings"] = guide_embeddings(guide, batch["texts"], batch["kinds"], device)
+        if loss_attr(self.loss, "mask_known_positives") and "known_ids" in batch:
+            extra["text_ids"] = [t.to(device) for t in batch["text_ids"]]
+            extra["known_ids"] = batch["known_ids"].to(device)
+        if batch.get("in_batch_negatives") is False:
+            maskable, loss = False, self.loss
+            while loss is not None:  # the loss or the loss it wraps (Matryoshka) takes in_batch_negatives=
+                maskable = maskable or hasattr(loss, "mask_known_positives")
+                loss = getattr(loss, "loss", None)
+            if not loss_attr(self.loss, "in_batch_negatives"):
+                pass  # the loss has no in-batch negatives anyway
+            elif not maskable:
+                raise ConfigError(
+                    f"data.train source {batch.get('source')}: in_batch_negatives=false, but "
+                    f"loss={type(self.loss).__name__} cannot switch its in-batch negatives off; expected a loss "
+                    "with known-positive masking (infonce, gist)"
+                )
+            else:
+                extra["in_batch_negatives"] = False
+        return extra
 
     def _loss_on(self, embeddings, labels, extra) -> torch.Tensor:
         """Loss of this rank; in-batch-negative losses score against every rank's rows."""
@@ -152,7 +174,7 @@ class EmbeddingModule(L.LightningModule):
             return self.loss(embeddings, labels, **extra)
         rows = embeddings[0].shape[0]
         full = [gather(e) for e in embeddings]
-        extra = {k: [gather_no_grad(t) for t in v] if isinstance(v, list) else v for k, v in extra.items()}
+        extra = gather_extra(extra)  # guide embeddings, text/known-positive ids: constants
         if loss_attr(self.loss, "supports_anchor_rows"):
             return self.loss(full, labels, anchor_rows=local_rows(rows), **extra)
         return self.loss(full, labels, **extra)  # the full-batch loss on every rank: still exact

@@ -60,6 +60,39 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@torch.no_grad()
+def gather_padded(x: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """All-gather of a constant (B, K) tensor whose K may differ by rank: padded with `fill` to the largest K."""
+    if world()[1] == 1:
+        return x
+    k = torch.tensor([x.shape[1]], device=x.device)
+    ks = [torch.empty_like(k) for _ in range(world()[1])]
+    dist.all_gather(ks, k)
+    width = max(int(v) for v in ks)
+    if x.shape[1] < width:
+        x = torch.cat([x, x.new_full((x.shape[0], width - x.shape[1]), fill)], dim=1)
+    return gather_no_grad(x)
+
+
+def gather_extra(extra: dict) -> dict:
+    """The loss's keyword arguments for the gathered batch: lists of per-column tensors (guide embeddings,
+    text ids) are all-gathered column by column, a (B, K) tensor (known-positive ids) with padding; other
+    values (flags) are passed unchanged. Identity in a single process."""
+    if world()[1] == 1:
+        return extra
+    out = {}
+    for key, value in extra.items():
+        if isinstance(value, (list, tuple)):
+            out[key] = [gather_no_grad(t) for t in value]
+        elif isinstance(value, torch.Tensor) and value.ndim == 2:
+            out[key] = gather_padded(value)
+        elif isinstance(value, torch.Tensor):
+            out[key] = gather_no_grad(value)
+        else:
+            out[key] = value
+    return out
+
+
 def all_reduce_sum_(x: torch.Tensor) -> torch.Tensor:
     if world()[1] > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)

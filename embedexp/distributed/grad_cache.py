@@ -20,7 +20,7 @@ from typing import Callable, ContextManager
 
 import torch
 
-from embedexp.distributed.gather import all_reduce_sum_, gather_no_grad, local_rows, world
+from embedexp.distributed.gather import all_reduce_sum_, gather_extra, gather_no_grad, local_rows, world
 
 
 @dataclass
@@ -107,7 +107,7 @@ def loss_and_embedding_grads(
     gathered = in_batch_negatives and world()[1] > 1
     if gathered:
         columns = [gather_no_grad(c) for c in columns]
-        extra = {k: [gather_no_grad(t) for t in v] if isinstance(v, (list, tuple)) else v for k, v in extra.items()}
+        extra = gather_extra(extra)  # guide embeddings, text/known-positive ids
     leaves = [c.detach().requires_grad_(True) for c in columns]
     total = torch.zeros((), device=columns[0].device)
     with torch.enable_grad():

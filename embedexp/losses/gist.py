@@ -46,6 +46,13 @@ without the negative columns, with the roles of the contrast flags kept on their
 ``s(p_i, p_j)`` "same-side" block appears iff contrast_positives, the ``s(a_i, a_j)`` block iff
 contrast_anchors), masked by the same rule with ``t_i`` from ``g(p_i, a_i)``.
 
+Known-positive masking (``mask_known_positives=True``, the default) works as in InfoNCELoss: with the
+batch's ``text_ids`` and ``known_ids`` (embedexp.losses.known_positives), entry ``c`` of row ``i`` is also
+masked when its text is a known positive of anchor ``i`` (blocks ap, pp, an_k) or, in block aa, when ``a_j``
+is the same text as ``a_i``; in the symmetric term ``s(p_i, a_j)`` is masked when ``p_i`` is a known positive
+of ``a_j``. ``in_batch_negatives=False`` masks every entry of another row (only the row's own positive and
+negatives remain).
+
 Reference: Solatorio 2024, "GISTEmbed: Guided In-sample Selection of Training Negatives for Text
 Embedding Fine-tuning", arXiv:2402.16829. Temperature 0.01 is the paper's and ST's default.
 
@@ -70,6 +77,7 @@ from torch import nn
 
 from embedexp.errors import ConfigError
 from embedexp.losses.infonce import as_columns
+from embedexp.losses.known_positives import known_positive_mask
 
 MARGIN_STRATEGIES = ("absolute", "relative")
 
@@ -93,8 +101,12 @@ class GISTLoss(nn.Module):
         contrast_anchors: bool = True,
         contrast_positives: bool = True,
         guide: nn.Module | None = None,
+        mask_known_positives: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(mask_known_positives, bool):
+            raise ConfigError(f"loss.mask_known_positives={mask_known_positives!r}; expected true or false")
+        self.mask_known_positives = mask_known_positives
         if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
             raise ConfigError(
                 f"loss.temperature={temperature!r}; expected a number > 0 (0.01 = scale 100, the GISTEmbed default)"
@@ -231,6 +243,9 @@ class GISTLoss(nn.Module):
         embeddings: Sequence[torch.Tensor] | dict,
         labels: torch.Tensor | None = None,
         guide_embeddings: Sequence[torch.Tensor] | dict | None = None,
+        text_ids: Sequence[torch.Tensor] | None = None,
+        known_ids: torch.Tensor | None = None,
+        in_batch_negatives: bool = True,
     ) -> torch.Tensor:
         cols = as_columns(embeddings)
         if len(cols) < 2:
@@ -254,13 +269,49 @@ class GISTLoss(nn.Module):
         logits, mask = self._direction(
             cols[0], cols[1], cols[2:], self.contrast_anchors, self.contrast_positives, guide[0], guide[1], guide[2:]
         )
+        use_ids = self.mask_known_positives and text_ids is not None and known_ids is not None
+        ids = [t.to(target.device) for t in text_ids] if use_ids else None
+        known = known_ids.to(target.device) if use_ids else None
+        extra = self._id_mask(ids, known, batch, len(cols) - 2, False, in_batch_negatives, target)
+        if extra is not None:
+            mask = mask | extra
         loss = F.cross_entropy(logits.masked_fill(mask, float("-inf")), target)
         if self.symmetric:
             logits_b, mask_b = self._direction(
                 cols[1], cols[0], (), self.contrast_positives, self.contrast_anchors, guide[1], guide[0], ()
             )
+            extra = self._id_mask(ids, known, batch, 0, True, in_batch_negatives, target)
+            if extra is not None:
+                mask_b = mask_b | extra
             loss = (loss + F.cross_entropy(logits_b.masked_fill(mask_b, float("-inf")), target)) / 2
         return loss
+
+    def _id_mask(self, ids, known, batch, n_neg, backward, in_batch_negatives, target) -> torch.Tensor | None:
+        """Known-positive / other-row masks in the logit layout of `_direction` (target entries kept)."""
+        if ids is None and in_batch_negatives:
+            return None
+        eye = torch.eye(batch, dtype=torch.bool, device=target.device)
+        blocks = []
+        if ids is not None:
+            same_anchor = ids[0].unsqueeze(0) == ids[0].unsqueeze(1)
+            positive_known = known_positive_mask(ids[1], known)  # [i, j]: p_j is a known positive of a_i
+            if backward:  # query p_i: [i, j] = p_i is a known positive of a_j
+                blocks.append(known_positive_mask(ids[1], known).T & ~eye)
+                first, second = (self.contrast_positives, positive_known), (self.contrast_anchors, same_anchor)
+            else:
+                blocks.append(positive_known & ~eye)
+                first, second = (self.contrast_anchors, same_anchor), (self.contrast_positives, positive_known)
+            for on, block in (first, second):
+                if on:
+                    blocks.append(block)
+            for k in range(n_neg):
+                blocks.append(known_positive_mask(ids[2 + k], known))
+        mask = torch.cat(blocks, dim=1) if blocks else None
+        if not in_batch_negatives:
+            n_blocks = 1 + int(self.contrast_anchors) + int(self.contrast_positives) + n_neg
+            other = (~eye).repeat(1, n_blocks)
+            mask = other if mask is None else mask | other
+        return mask
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,285 @@
+"""Duplicate-safe batches: text hashes, the no-duplicates batch plan and the known positives of each anchor.
+
+In-batch-negative losses (InfoNCE, GIST) treat every other row's texts as negatives of an anchor. A text that
+occurs twice in one batch (two questions sharing an answer, a repeated query) turns a positive into a
+negative: the two rows train against each other. Two complementary defences live here:
+
+* `plan_no_duplicates`: batches (of one process, or the global batch of all DDP ranks together) in which no
+  text occurs twice in any column; a row that would repeat a text is deferred to a later batch of the same
+  epoch. The idea is sentence-transformers' ``NoDuplicatesBatchSampler``; this plan differs in keeping the
+  number of batches per epoch fixed (``ceil(N / C)``, or ``N // C`` with drop_last), so Lightning's loop and LR
+  schedule stay exact: when the last batch cannot be filled, a deferred row is swapped with a row of a recent
+  full batch where both fit. Only when no swap exists (a text in more rows than there are batches) does a
+  batch keep a repeated text; those rows are counted (`NoDuplicatePlan.forced`) and logged.
+* `KnownPositives`: for every row, the hashes of texts known to be positives of its anchor (its own positive,
+  the positives of every row with the same anchor text, and the documents judged relevant to its query in the
+  qrels). The loss masks those candidates out of the softmax (embedexp.losses.known_positives).
+
+Texts are compared by `text_hash`: a 63-bit xxh3 hash of the NFC-normalised text with runs of white space
+collapsed (case is kept). Hashes are stored as int64 numpy arrays, one row per training row, so a million
+rows cost 8 bytes per column each and no per-row Python objects are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import xxhash
+
+log = logging.getLogger(__name__)
+
+_MASK63 = (1 << 63) - 1
+PAD = 0  # never a hash: marks padding in (B, K) known-positive id tensors
+
+
+def normalise(text: str) -> str:
+    """The form texts are compared in: NFC, white space runs collapsed to one space, ends stripped."""
+    return " ".join((text if text.isascii() else unicodedata.normalize("NFC", text)).split())
+
+
+def text_hash(text: str) -> int:
+    """A 63-bit hash (1 .. 2**63 - 1, so it fits int64 and is never PAD) of `normalise(text)`."""
+    h = xxhash.xxh3_64_intdigest(normalise(text).encode("utf-8", "surrogatepass")) & _MASK63
+    return h or 1
+
+
+def row_hashes(train_set: Any, epoch: int | None = None) -> np.ndarray:
+    """(N, n_columns) int64: `text_hash` of every text of every row (`train_set.get(i)`).
+
+    `epoch`: for train sets that re-draw texts per epoch (`set_epoch`), the epoch whose texts are hashed.
+    """
+    if epoch is not None:
+        ensure_epoch(train_set, epoch)
+    n, width = len(train_set), len(train_set.columns)
+    out = np.empty((n, width), dtype=np.int64)
+    for i in range(n):
+        row = train_set.get(i)
+        for c in range(min(width, len(row))):
+            out[i, c] = text_hash(row[c])
+        for c in range(len(row), width):  # a shorter row (fewer negatives): padding, never a conflict
+            out[i, c] = PAD
+    return out
+
+
+def ensure_epoch(train_set: Any, epoch: int) -> None:
+    """Call `train_set.set_epoch(epoch)` (re-draws sampled negatives) unless it is already at that epoch."""
+    set_epoch = getattr(train_set, "set_epoch", None)
+    if set_epoch is None or getattr(train_set, "_embedexp_epoch", None) == epoch:
+        return
+    set_epoch(epoch)
+    try:
+        train_set._embedexp_epoch = epoch
+    except AttributeError:  # an object without a __dict__: set_epoch runs every time
+        pass
+
+
+def batch_sizes(n: int, batch: int, world: int, drop_last: bool) -> list[int]:
+    """Sizes of the global batches (all ranks together) of one epoch of `n` rows.
+
+    A global batch holds `batch * world` rows; the last one (drop_last=False) holds the remainder, rounded down
+    to a multiple of `world` so every rank gets equally many rows (the cross-rank gather needs that).
+    """
+    full = batch * world
+    if drop_last:
+        return [full] * (n // full)
+    sizes = [full] * (n // full)
+    rest = (n - len(sizes) * full) // world * world
+    if rest:
+        sizes.append(rest)
+    return sizes
+
+
+@dataclass
+class NoDuplicatePlan:
+    """One epoch's batches (arrays of row indices) and how many rows had to repeat a text (0 almost always)."""
+
+    batches: list[np.ndarray]
+    forced: int
+
+
+def shared_rows(hashes: np.ndarray) -> np.ndarray:
+    """(N,) bool: rows holding a hash that occurs more than once in `hashes` (in any row or column)."""
+    flat = hashes.reshape(-1)
+    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    shared = (counts > 1) & (uniq != PAD)
+    return shared[inverse.reshape(-1)].reshape(hashes.shape).any(axis=1)
+
+
+def plan_no_duplicates(
+    hashes: np.ndarray,
+    order: Sequence[int] | np.ndarray,
+    sizes: Sequence[int],
+    swap_window: int = 64,
+    scan_limit: int | None = None,
+) -> NoDuplicatePlan:
+    """Fill batches of `sizes` from the rows in `order` so that no hash occurs twice in a batch.
+
+    Args:
+        hashes: (N, c) int64 row hashes (`row_hashes`); PAD entries are ignored.
+        order: the epoch's row order (a seeded permutation); rows are taken in this order, a row that conflicts
+            with the batch being filled waits in a queue and is tried first for the next batches.
+        sizes: the batch sizes (`batch_sizes`); sum(sizes) <= N; rows left over are not used this epoch
+            (drop_last).
+        swap_window: how many recent batches a stuck row may be swapped into when the tail cannot be filled.
+        scan_limit: how many waiting rows are tried per batch before new rows (default 4 x the batch size).
+    Returns:
+        NoDuplicatePlan; `batches[k]` has exactly `sizes[k]` rows, every row at most once.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    risky = shared_rows(hashes)  # rows with a text that occurs elsewhere too; all others always fit
+
+    def keys(r: int) -> set[int]:
+        return {h for h in hashes[r].tolist() if h != PAD} if risky[r] else set()
+
+    risky_at = np.flatnonzero(risky[order]).tolist()  # positions in `order` of the rows that need a check
+    next_risky = 0
+    waiting: deque[int] = deque()
+    recent: deque[tuple[list[int], set[int]]] = deque(maxlen=max(swap_window, 0) or None)
+    batches: list[list[int]] = []  # lists until the end: a swap edits a recent batch in place
+    forced, pos, n = 0, 0, len(order)
+    for size in sizes:
+        batch: list[int] = []
+        seen: set[int] = set()
+        if waiting:  # rows deferred by earlier batches go first
+            limit = scan_limit or 4 * size
+            kept: deque[int] = deque()
+            tried = 0
+            while waiting and len(batch) < size and tried < limit:
+                r = waiting.popleft()
+                tried += 1
+                k = keys(r)
+                if seen.isdisjoint(k):
+                    batch.append(r)
+                    seen |= k
+                else:
+                    kept.append(r)
+            kept.extend(waiting)
+            waiting = kept
+        while len(batch) < size and pos < n:
+            while next_risky < len(risky_at) and risky_at[next_risky] < pos:
+                next_risky += 1
+            stop = min(pos + size - len(batch), risky_at[next_risky] if next_risky < len(risky_at) else n)
+            if stop > pos:  # rows whose texts occur nowhere else: no check needed
+                batch.extend(order[pos:stop].tolist())
+                pos = stop
+                continue
+            r = int(order[pos])
+            pos += 1
+            k = keys(r)
+            if seen.isdisjoint(k):
+                batch.append(r)
+                seen |= k
+            else:
+                waiting.append(r)
+        if len(batch) < size:  # no new rows left and every waiting row conflicts: the tail
+            forced += _fill_tail(batch, seen, size, waiting, recent, keys)
+        batches.append(batch)
+        if swap_window:
+            recent.append((batch, seen))
+    if forced:
+        log.warning(
+            "no-duplicates batches: %d row(s) could not be placed without repeating a text in their batch (a text "
+            "occurs in more rows than an epoch has batches); known-positive masking still keeps them out of the "
+            "negatives",
+            forced,
+        )
+    return NoDuplicatePlan([np.asarray(b, dtype=np.int64) for b in batches], forced)
+
+
+def _fill_tail(batch, seen, size, waiting, recent, keys) -> int:
+    """Fill `batch` from conflicting waiting rows by swapping each with a fitting row of a recent batch.
+
+    A waiting row r goes into a recent batch b in place of a row s of b when r conflicts with nothing else in
+    b and s conflicts with nothing in `batch`. Returns how many rows had to be added with a repeated text.
+    """
+    stuck: deque[int] = deque()
+    while waiting and len(batch) < size:
+        r = waiting.popleft()
+        kr = keys(r)
+        if seen.isdisjoint(kr):
+            batch.append(r)
+            seen |= kr
+            continue
+        placed = False
+        for other, other_seen in reversed(recent):
+            for j, s in enumerate(other):
+                ks = keys(s)
+                if not seen.isdisjoint(ks):
+                    continue
+                if (other_seen - ks).isdisjoint(kr):
+                    other[j] = r
+                    other_seen -= ks
+                    other_seen |= kr
+                    batch.append(s)
+                    seen |= ks
+                    placed = True
+                    break
+            if placed:
+                break
+        if not placed:
+            stuck.append(r)
+    forced = 0
+    while stuck and len(batch) < size:  # impossible to avoid: keep the row (its text repeats in this batch)
+        r = stuck.popleft()
+        batch.append(r)
+        seen |= keys(r)
+        forced += 1
+    waiting.extendleft(reversed(stuck))
+    return forced
+
+
+class KnownPositives:
+    """Per row, the hashes of the texts known to be positives of its anchor, in CSR form (numpy arrays).
+
+    A row's known positives: the positive (column 1) of every row whose anchor (column 0) has the same hash,
+    and, for retrieval data with query ids and qrels, every corpus document judged relevant (grade > 0) to the
+    row's query. `lookup(i)` returns them as an int64 array (the row's own positive included).
+    """
+
+    def __init__(self, group: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> None:
+        self.group, self.offsets, self.values = group, offsets, values
+
+    @classmethod
+    def build(cls, hashes: np.ndarray, train_set: Any = None) -> "KnownPositives":
+        """From (N, c >= 2) row hashes; `train_set` supplies query_ids, qrels and corpus when it has them."""
+        anchors = hashes[:, 0]
+        uniq, group = np.unique(anchors, return_inverse=True)
+        group = group.astype(np.int64).reshape(-1)
+        pairs_g = [group]
+        pairs_h = [hashes[:, 1]]
+        qids = getattr(train_set, "query_ids", None) if train_set is not None else None
+        qrels = getattr(train_set, "qrels", None) if train_set is not None else None
+        corpus = getattr(train_set, "corpus", None) if train_set is not None else None
+        if qids is not None and qrels and corpus:
+            first: dict[str, int] = {}
+            for i, q in enumerate(qids):
+                if q is not None and q not in first:
+                    first[q] = int(group[i])
+            doc_hash: dict[str, int] = {}
+            extra_g, extra_h = [], []
+            for q, g in first.items():
+                for did, grade in (qrels.get(q) or {}).items():
+                    if grade > 0 and did in corpus:
+                        if did not in doc_hash:
+                            doc_hash[did] = text_hash(corpus[did])
+                        extra_g.append(g)
+                        extra_h.append(doc_hash[did])
+            if extra_g:
+                pairs_g.append(np.asarray(extra_g, dtype=np.int64))
+                pairs_h.append(np.asarray(extra_h, dtype=np.int64))
+        g = np.concatenate(pairs_g)
+        h = np.concatenate(pairs_h)
+        keep = h != PAD
+        both = np.unique(np.stack([g[keep], h[keep]], axis=1), axis=0)  # sorted by group, then hash
+        offsets = np.zeros(len(uniq) + 1, dtype=np.int64)
+        np.add.at(offsets, both[:, 0] + 1, 1)
+        return cls(group, np.cumsum(offsets), both[:, 1].copy())
+
+    def lookup(self, i: int) -> np.ndarray:
+        g = self.group[i]
+        return self.values[self.offsets[g] : self.offsets[g + 1]]
