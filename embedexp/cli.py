@@ -188,6 +188,37 @@ def check_overrides(config_name: str, overrides: list[str], config_dir_extra: st
             return  # Hydra's own report says it better than a re-worded line would
 
 
+def group_options(group: str) -> str:
+    """The options of a config group, comma-separated (the packaged conf/ and Hydra's plugins): the
+    `${embedexp.options:<group>}` resolver of the per-command help pages in conf/hydra/help/."""
+    try:
+        options = _help_loader().get_group_options(group)
+    except Exception:  # help text must never fail
+        return "?"
+    return ", ".join(sorted(options)) or "(none)"
+
+
+def help_text(command: str) -> str | None:
+    """The `--help` page of a command: the template of conf/hydra/help/<command>.yaml (also Hydra's `hydra.help`
+    for that command), its `${embedexp.options:<group>}` filled in; None when the command has no page."""
+    from embedexp.config import config_dir
+
+    path = os.path.join(config_dir(), "hydra", "help", f"{command}.yaml")
+    if not os.path.isfile(path):
+        return None
+    return str(OmegaConf.load(path).template)
+
+
+@functools.lru_cache(maxsize=1)
+def _help_loader():
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    return ConfigLoaderImpl(config_search_path=_search_path(None))
+
+
+OmegaConf.register_new_resolver("embedexp.options", group_options, replace=True)
+
+
 def cli_entry(config_name: str) -> Callable:
     """Decorator for a `@hydra.main` function: check the command line first, one line + exit 2 on error."""
 
@@ -197,6 +228,11 @@ def cli_entry(config_name: str) -> Callable:
             from hydra._internal.utils import get_args_parser
 
             argv = sys.argv[1:]
+            if "--help" in argv or "-h" in argv:
+                text = help_text(config_name)
+                if text is not None:  # Hydra's own page would compose every group of every plugin first (~seconds)
+                    print(text)
+                    return None
             try:
                 parsed, _ = get_args_parser().parse_known_args(argv)
             except SystemExit:

@@ -124,9 +124,9 @@ def test_merge_rows_by_step_keeps_the_last_value_per_column(tmp_path):
 def test_short_real_run_has_loss_base_and_tuned_rows(tmp_path, isolated_cache):
     """embedexp-train's own wiring: 3 steps with log_every_n_steps=50 still log the loss; base/* at step 0,
     tuned/* at step 3, as conf/logger/csv.yaml says."""
-    from conftest import compose_demo_tiny
-
     from embedexp.train import train
+
+    from conftest import compose_demo_tiny
 
     out = tmp_path / "run"
     cfg = compose_demo_tiny(
