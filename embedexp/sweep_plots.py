@@ -72,8 +72,10 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
 def y_limits(metric: str, values: list[float], from_zero: bool) -> tuple[float, float]:
     """Axis limits that show `values` with a margin, starting at 0 for bars, never outside `metric_bounds`."""
     lo, hi = min(values), max(values)
+    if from_zero:
+        lo = min(0.0, lo)
     pad = 0.08 * (hi - lo) if hi > lo else max(0.02, 0.05 * abs(hi))
-    lo, hi = (min(0.0, lo) if from_zero else lo - pad), hi + pad
+    lo, hi = (lo if from_zero else lo - pad), hi + pad
     bounds = metric_bounds(metric)
     if bounds:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])

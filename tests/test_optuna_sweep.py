@@ -73,3 +73,33 @@ def test_two_trial_search_returns_the_dev_metric_and_names_the_best(tmp_path):
     md = (sweep / "summary.md").read_text()
     assert f"**Best job: {best_num}**" in md and f"dev demo_dev/ndcg@10 = {best_value:.4f}" in md
     assert "demo_test/ndcg@10: " in md.split("**Best job")[1]  # its base-vs-tuned evidence on the test set
+
+
+def test_objective_checks_and_value(tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from embedexp.errors import ConfigError
+    from embedexp.sweep import check_objective, objective
+
+    optuna_target = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().cfg = OmegaConf.create({"hydra": {"sweeper": {"_target_": optuna_target}}})
+    try:
+        HydraConfig.get().sweeper.direction = "maximize"
+        cfg = OmegaConf.create({"data": {"dev_fraction": 0.2}, "select": {"mode": "min"}})
+        with pytest.raises(ConfigError, match=r"select.mode=min but hydra.sweeper.direction=maximize"):
+            check_objective(cfg)
+        cfg.select.mode = "max"
+        assert check_objective(cfg) is True
+        HydraConfig.get().sweeper._target_ = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+        assert check_objective(OmegaConf.create({"data": {"dev_fraction": 0.0}})) is False  # a grid needs no dev set
+    finally:
+        HydraConfig.instance().cfg = saved
+    history = [{"step": 2, "demo_dev/ndcg@10": 0.4}, {"step": 4, "demo_dev/ndcg@10": 0.5}]
+    picked = {"monitor": "demo_dev/ndcg@10", "mode": "max", "best": 0.5, "best_step": 4, "history": history}
+    (tmp_path / "results.json").write_text(json.dumps({"metrics": {}, "selection": {"selection": picked}}))
+    assert objective(tmp_path) == 0.5
+    (tmp_path / "results.json").write_text(json.dumps({"metrics": {}}))
+    with pytest.raises(RuntimeError, match="no dev-set selection result"):
+        objective(tmp_path)

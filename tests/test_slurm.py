@@ -178,6 +178,13 @@ def _requeue_when_checkpointed(job_dir: Path, job_id: str, deadline: float) -> i
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
     assert requeue.returncode == 0, requeue.stderr
     os.kill(pid, signal.SIGCONT)  # let Slurm's SIGTERM/SIGKILL end it
+    # Slurm holds a requeued batch job for 120 s (Reason=BeginTime); a test need not wait for that
+    while subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True, text=True).stdout.strip() != (
+        "BeginTime"
+    ):
+        assert time.time() < deadline, f"job {job_id} did not return to the queue after scontrol requeue"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
     return step
 
 
