@@ -210,10 +210,9 @@ def evaluate_quantized(
     """
     for p in precisions:
         check_precision(p)
-    if k < max([*ndcg_at, *recall_at]) or k < 1:
-        raise ConfigError(
-            f"quantization k={k}; expected at least the largest metric cut-off {max(*ndcg_at, *recall_at)}"
-        )
+    cutoff = max([1, *ndcg_at, *recall_at])
+    if k < cutoff:
+        raise ConfigError(f"quantization k={k}; expected at least the largest metric cut-off {cutoff}")
     if rescore_multiplier < 1:
         raise ConfigError(f"quantization rescore_multiplier={rescore_multiplier}; expected an integer >= 1")
     dims = sorted(set(dims or [q.shape[1]]), reverse=True)
@@ -278,21 +277,35 @@ def plot(rows: Sequence[QuantRow], metric: str, path: str | Path, title: str = "
     """PNG: `metric` vs bytes per vector (log x), one line per precision, points labelled with their dim."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
-    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    fig = Figure(figsize=(7.5, 4.8), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    styles = {"float32": ("o", "-"), "int8": ("s", "-"), "binary": ("v", "--"), "binary+rescore": ("^", "-")}
     for p in dict.fromkeys(r.precision for r in rows):
         pts = sorted((r.bytes_per_vector, r.metrics[metric], r.dim) for r in rows if r.precision == p)
-        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=p)
+        marker, line = styles.get(p, ("o", "-"))
+        ax.plot(
+            [x for x, _, _ in pts],
+            [y for _, y, _ in pts],
+            marker=marker,
+            linestyle=line,
+            label=p,
+            zorder=3 if p == "binary" else 2,  # dashed on top: binary and binary+rescore share their x values
+        )
         for x, y, dim in pts:
-            ax.annotate(str(dim), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+            ax.annotate(str(dim), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ref = max((r for r in rows if r.precision == "float32"), key=lambda r: r.dim, default=None)
+    if ref is not None:
+        ax.axhline(ref.metrics[metric], color="grey", linewidth=0.8, linestyle=":", label=f"float32 @ {ref.dim}")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("bytes per vector (log scale; labels: dim)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("bytes per vector (log scale); point labels: dim")
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} vs storage per vector")
+    ax.set_title(title or f"{metric} vs storage per vector", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     path = Path(path)
     atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     return path
