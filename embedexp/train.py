@@ -348,6 +348,12 @@ def train(cfg: DictConfig) -> dict:
         "resumed_from": ckpt_path,
         "config": scrub_secrets(container(cfg)),
     }
+    if evaluator.mteb is not None:  # mteb's ModelMeta + results folder of the tuned model, ready to submit
+        from embedexp.eval.mteb_export import export_run
+
+        meta["mteb_results"] = export_run(
+            out_dir, encoder, evaluator.mteb, meta["base_model"], cfg.data.get("name"), loss
+        )
     extra_md = ""
     if selection is not None:
         meta["selection"] = selection.report

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from embedexp.checks import check_dir, check_int, is_int, select
 from embedexp.errors import ConfigError
+from embedexp.extras import require_extra
 
 STAGES = ("train", "evaluate", "mine")
 
@@ -30,6 +31,8 @@ def validate_config(cfg: DictConfig, stage: str = "train") -> None:
     seed = select(cfg, "seed", 0)
     if not is_int(seed):
         raise ConfigError(f"seed={seed!r}; expected an integer")
+    if stage == "train" and any("wandb" in str((lg or {}).get("_target_", "")) for lg in _loggers(cfg)):
+        require_extra("wandb", "wandb", "logger=wandb")  # one line now, not a traceback after data loads
     miner = select(cfg, "miner") or {}
     needs_model = stage != "mine" or (miner.get("name") == "dense" and miner.get("model") is None)
     model_dim = check_model_config("model", select(cfg, "model")) if needs_model else None
@@ -51,6 +54,14 @@ def validate_config(cfg: DictConfig, stage: str = "train") -> None:
         check_eval_config(select(cfg, "eval"), model_dim, _sets_key(cfg))
     if stage == "evaluate" and select(cfg, "tuned") is not None:
         check_dir("tuned", select(cfg, "tuned"), "an exported model folder")
+
+
+def _loggers(cfg: DictConfig) -> list:
+    """The logger group's entries (a mapping name -> {_target_, ...}); [] when absent."""
+    group = cfg.get("logger") if isinstance(cfg, DictConfig) else None  # not resolved: save_dir may need hydra
+    if not isinstance(group, DictConfig):
+        return []
+    return [{"_target_": lg.get("_target_")} for lg in group.values() if isinstance(lg, DictConfig)]
 
 
 def _sets_key(cfg: DictConfig) -> str:

@@ -8,6 +8,7 @@ from embedexp.checks import check_bool, check_choice, check_dir, check_file, che
 from embedexp.data.readers import ON_ERROR
 from embedexp.errors import ConfigError
 from embedexp.eval.sets import SET_TYPES
+from embedexp.extras import require_extra
 
 K_LISTS = ("ndcg_at", "recall_at", "mrr_at", "map_at")
 
@@ -32,6 +33,8 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
             f"eval.dims={dims}; {max(dims)} exceeds the model's embedding dimension {model_dim}; "
             f"expected dims <= {model_dim}"
         )
+    if ev.get("mteb") is not None:  # eval=mteb / eval=general: the optional extra, before any data loads
+        require_extra("mteb", "mteb", "eval.mteb (eval=mteb, eval=general)")
     stats = ev.get("stats")
     if stats is not None:
         check_section(

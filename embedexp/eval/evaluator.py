@@ -127,10 +127,12 @@ class Evaluator:
         if self.mteb is not None:
             path = self.cache_dir / "eval" / f"{self._key(fingerprint, 'mteb')}.json" if cached else None
             hit = self._read_cache(path)
-            metrics = hit[0] if hit is not None else self.mteb.run(encoder, fingerprint)
+            metrics, mteb_units = hit if hit is not None else (self.mteb.run(encoder, fingerprint), None)
             if hit is None:
-                self._write_cache(path, metrics, {})
+                mteb_units = self.mteb.last_units  # per query / pair / text of the tasks that have them
+                self._write_cache(path, metrics, mteb_units)
             results.update(metrics)
+            units.update(mteb_units)
         self.last_units = units
         return results
 

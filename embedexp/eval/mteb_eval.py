@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,12 +32,24 @@ import numpy as np
 
 from embedexp.errors import ConfigError
 from embedexp.eval.config import check_section
-from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_set
+from embedexp.eval.mteb_tasks import TYPE_FOR, local_named_task, local_path, task_on
+from embedexp.eval.mteb_units import UNITS_VERSION, reset_seed, task_units
+from embedexp.eval.sets import RetrievalSet
 
 log = logging.getLogger(__name__)
 
 OVERWRITE_STRATEGIES = ("always", "never", "only-missing", "only-cache")
-SETTING_KEYS = ("tasks", "local_sets", "local_data", "metrics", "result_cache", "overwrite_strategy", "batch_size")
+SETTING_KEYS = (
+    "tasks",
+    "local_sets",
+    "local_data",
+    "metrics",
+    "result_cache",
+    "overwrite_strategy",
+    "batch_size",
+    "summary",
+    "export",
+)
 
 
 # ---------------------------------------------------------------- environment and network guard
@@ -215,37 +228,6 @@ def _endpoint_hosts(encoder) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- tasks on local data
-def _retrieval_split(s: RetrievalSet) -> dict:
-    """Our retrieval set as mteb's RetrievalSplitData (documents are already `title + " " + text`)."""
-    from datasets import Dataset
-
-    return {
-        "corpus": Dataset.from_dict({"id": list(s.doc_ids), "title": [""] * len(s.docs), "text": list(s.docs)}),
-        "queries": Dataset.from_dict({"id": list(s.query_ids), "text": list(s.queries)}),
-        "relevant_docs": {q: dict(d) for q, d in s.qrels.items()},
-        "top_ranked": None,
-    }
-
-
-def _sts_split(s: STSSet):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"sentence1": list(s.text_a), "sentence2": list(s.text_b), "score": list(s.scores)})
-
-
-def _task_on(base_cls, data_set, split: str, **attrs):
-    """An instance of a subclass of `base_cls` whose `load_data` serves `data_set` as `split`."""
-    payload = _retrieval_split if isinstance(data_set, RetrievalSet) else _sts_split
-
-    def load_data(self, num_proc=None, **kwargs) -> None:
-        if not self.data_loaded:
-            self.dataset = {"default": {split: payload(data_set)}}
-            self.data_loaded = True
-
-    cls = type(f"Local{base_cls.__name__}", (base_cls,), {"load_data": load_data, "__module__": __name__, **attrs})
-    return cls().filter_eval_splits([split])
-
-
 def local_set_task(name: str, data_set, spec: dict):
     """One of our eval sets as a new mteb task named after it (retrieval: nDCG@10; STS: cosine Spearman)."""
     from mteb.abstasks.retrieval import AbsTaskRetrieval
@@ -266,20 +248,16 @@ def local_set_task(name: str, data_set, spec: dict):
         main_score="ndcg_at_10" if retrieval else "cosine_spearman",
     )
     if retrieval:  # the set's own ignore_identical_ids, the same one our evaluator applies
-        return _task_on(
+        return task_on(
             AbsTaskRetrieval,
             data_set,
             split,
             metadata=metadata,
             ignore_identical_ids=bool(data_set.ignore_identical_ids),
         )
-    return _task_on(
+    return task_on(
         AbsTaskSTS, data_set, split, metadata=metadata, min_score=0, max_score=float(spec.get("max_score", 5.0))
     )
-
-
-def _local_path(spec: dict) -> str | None:
-    return spec.get("root") if spec.get("type") == "retrieval" else spec.get("path")
 
 
 class ResolvedTask:
@@ -293,8 +271,33 @@ class ResolvedTask:
         return self.task.metadata.name
 
 
+class TaskUnavailable(Exception):
+    """A named task has no local data and mteb's own loader failed (offline); `hint` is the local_data entry to add."""
+
+    def __init__(self, name: str, where: str, hint: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name, self.where, self.hint, self.reason = name, where, hint, reason
+
+
+def _hint(task, name: str, key: str) -> str:
+    kind = TYPE_FOR.get(task.metadata.type)
+    shape = {
+        "retrieval": "{type: retrieval, root: <BEIR folder>}",
+        "sts": "{type: sts, path: <score/sentence1/sentence2 tsv>}",
+        "classification": "{type: classification, root: <folder with train.tsv, test.tsv>}",
+        "clustering": "{type: clustering, path: <sentences/labels jsonl>}",
+    }.get(kind, "{...}")
+    subset = ", subset: <one of its subsets>" if task.metadata.is_multilingual else ""
+    return f"{key}.local_data.{name}={shape[:-1]}{subset}}}"
+
+
 def named_task(name: str, local: dict | None, key: str = "eval.mteb") -> ResolvedTask:
-    """mteb's task `name`; its data from `local` (an eval-set spec) when that exists, else mteb's loader."""
+    """mteb's task `name`; its data from `local` (a local-data spec) when that exists, else mteb's loader.
+
+    Raises:
+        ConfigError: not an mteb task, or a local spec that does not fit it.
+        TaskUnavailable: no local data and mteb's loader failed (collected by MtebEvaluation into one line).
+    """
     import mteb
 
     try:
@@ -303,47 +306,30 @@ def named_task(name: str, local: dict | None, key: str = "eval.mteb") -> Resolve
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"{key}.tasks: {name!r} is not an mteb task ({first})") from None
     local = dict(local or {})
-    if local and _local_path(local) and Path(str(_local_path(local))).expanduser().exists():
-        data_set = load_eval_set(name, local, key=f"{key}.local_data.{name}")
-        want = (
-            "retrieval"
-            if task.metadata.type in ("Retrieval", "Reranking", "InstructionRetrieval")
-            else "sts"
-            if task.metadata.type == "STS"
-            else None
-        )
-        got = local.get("type")
-        if want is None:
-            raise ConfigError(
-                f"{key}.local_data.{name}: task {name} is of mteb type {task.metadata.type}; only Retrieval "
-                "and STS tasks read local files (drop it from local_data to use mteb's loader)"
-            )
-        if want != got:
-            raise ConfigError(
-                f"{key}.local_data.{name}.type={got!r}; task {name} is of mteb type {task.metadata.type}, expected type {want!r}"
-            )
-        split = str(local.get("split", "test"))
-        attrs = {"metadata": task.metadata}
-        if isinstance(data_set, RetrievalSet) and "ignore_identical_ids" in local:
-            attrs["ignore_identical_ids"] = bool(data_set.ignore_identical_ids)  # else mteb's own task setting
-        if isinstance(data_set, STSSet):
-            attrs.update(min_score=0, max_score=float(local.get("max_score", task.max_score)))
-        local_task = _task_on(type(task), data_set, split, **attrs)
-        return ResolvedTask(local_task, data_set.fingerprint, str(_local_path(local)))
-    where = f" (no {_local_path(local)})" if local and _local_path(local) else ""
+    path = local_path(local) if local else None
+    if path and Path(str(path)).expanduser().exists():
+        local_task, fingerprint, source = local_named_task(task, name, local, f"{key}.local_data.{name}")
+        return ResolvedTask(local_task, fingerprint, source)
+    where = f" (no {path})" if path else ""
     t0 = time.perf_counter()
     try:
         with no_network(f"mteb task {name}"):
             task.load_data()
     except Exception as e:  # datasets' offline ConnectionError, NetworkBlocked, a missing optional package, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(
-            f"{key}.tasks: {name}: no local data{where} (set {key}.local_data.{name}) and mteb cannot load it"
-            f"{'' if network_allowed() else ' offline'}: {first}"
-        ) from None
+        raise TaskUnavailable(name, where, _hint(task, name, key), first) from None
     log.info("mteb task %s: mteb's own loader (%.1fs)", name, time.perf_counter() - t0)
     revision = task.metadata.dataset.get("revision")
     return ResolvedTask(task, f"hf:{task.metadata.dataset.get('path')}@{revision}", "mteb")
+
+
+def unavailable_error(missing: list[TaskUnavailable], key: str = "eval.mteb") -> ConfigError:
+    """One line naming every task without data and the local_data entry each needs."""
+    parts = "; ".join(f"{m.name}: no local data{m.where} (set {m.hint})" for m in missing)
+    offline = "" if network_allowed() else " offline"
+    return ConfigError(
+        f"{key}.tasks: {parts}; mteb cannot load {'it' if len(missing) == 1 else 'them'}{offline}: {missing[0].reason}"
+    )
 
 
 # ---------------------------------------------------------------- the evaluation
@@ -352,22 +338,31 @@ class MtebEvaluation:
 
     Args:
         tasks: named mteb tasks (`[STSBenchmark, SciFact]`).
-        local_sets: also run each of our eval sets (`eval_sets`, with their config `set_specs`) as an mteb task.
-        local_data: task name -> eval-set spec (`type`, `root`/`path`, `split`) read instead of mteb's download.
+        local_sets: also run each of our eval sets (`eval_sets`, with their config `set_specs`) as an mteb task
+            (off by default: they are already scored by our own evaluator).
+        local_data: task name -> local-data spec (`type`: retrieval | sts | classification | clustering, `root`/`path`,
+            `split`, `subset` for multilingual tasks) read instead of mteb's download.
         metrics: which score names to report (main_score is always kept); None = every numeric score.
         result_cache: keep mteb's result files under MTEB_CACHE (per model name/revision/data); off = no cache.
         overwrite_strategy: mteb's: always | never | only-missing | only-cache.
+        summary: name of one more row, the mean of every task's main score (e.g. `general/mean_main_score`);
+            None = no such row.
+        export: `embedexp.eval.mteb_export` settings (model name, training datasets, ...) used by `export_results`.
+    Raises:
+        ConfigError: a bad setting; every task without local data that mteb cannot load, in one line.
     """
 
     def __init__(
         self,
         tasks: list[str] | None = None,
-        local_sets: bool = True,
+        local_sets: bool = False,
         local_data: dict | None = None,
         metrics: list[str] | None = None,
         result_cache: bool = False,
         overwrite_strategy: str = "only-missing",
         batch_size: int | None = None,
+        summary: str | None = None,
+        export: dict | None = None,
         *,
         eval_sets: list | None = None,
         set_specs: dict | None = None,
@@ -389,13 +384,23 @@ class MtebEvaluation:
             raise ConfigError(f"eval.mteb.metrics={metrics!r}; expected a list of mteb score names or null (all)")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigError(f"eval.mteb.batch_size={batch_size!r}; expected a positive integer or null")
+        if summary is not None and (not isinstance(summary, str) or not summary or summary.startswith("mteb/")):
+            raise ConfigError(
+                f"eval.mteb.summary={summary!r}; expected a row name outside mteb/ (e.g. general/mean_main_score) or null"
+            )
+        if not isinstance(local_sets, bool):
+            raise ConfigError(f"eval.mteb.local_sets={local_sets!r}; expected true or false")
         self.cache_path = prepare_environment(cache_dir)
         self.metrics = list(metrics) if metrics is not None else None
         self.result_cache = bool(result_cache)
         self.overwrite_strategy = overwrite_strategy
         self.batch_size = batch_size or default_batch_size
         self.show_progress = show_progress
+        self.summary = summary
+        self.export = dict(export or {})
         self.tasks: list[ResolvedTask] = []
+        self.last_units: dict[str, dict] = {}
+        self.last_task_results: list = []
         local_data = dict(local_data or {})
         unknown = sorted(set(local_data) - set(tasks))
         if unknown:
@@ -407,8 +412,14 @@ class MtebEvaluation:
                         local_set_task(s.name, s, dict((set_specs or {}).get(s.name) or {})), s.fingerprint, "eval set"
                     )
                 )
+        missing: list[TaskUnavailable] = []
         for name in tasks:
-            self.tasks.append(named_task(name, local_data.get(name)))
+            try:
+                self.tasks.append(named_task(name, local_data.get(name)))
+            except TaskUnavailable as e:
+                missing.append(e)
+        if missing:
+            raise unavailable_error(missing)
         names = [t.name for t in self.tasks]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -427,15 +438,24 @@ class MtebEvaluation:
 
         return {
             "mteb_version": mteb.__version__,
-            "tasks": [[t.name, t.fingerprint, list(t.task.eval_splits)] for t in self.tasks],
+            "tasks": [
+                [t.name, t.fingerprint, list(t.task.eval_splits), list(t.task.hf_subsets or [])] for t in self.tasks
+            ],
             "metrics": self.metrics,
+            "summary": self.summary,
+            "units": UNITS_VERSION,
         }
 
     def adapter(self, encoder, revision: str | None = None) -> MtebEncoder:
         return MtebEncoder(encoder, self.batch_size, self.show_progress, revision, {"data": self.data_fingerprint()})
 
     def run(self, encoder, revision: str | None = None) -> dict[str, float]:
-        """Evaluate `encoder` on every task (network refused throughout) and flatten the scores."""
+        """Evaluate `encoder` on every task (network refused throughout) and flatten the scores.
+
+        Per-item values (per query, sentence pair or test text) of the tasks that have them go to `self.last_units`
+        under the same row names (see `embedexp.eval.mteb_units`); mteb's TaskResults to `self.last_task_results`.
+        """
+        self.last_units, self.last_task_results = {}, []
         if not self.tasks:
             return {}
         import mteb
@@ -446,22 +466,46 @@ class MtebEvaluation:
         mteb_log = logging.getLogger("mteb")
         if mteb_log.level == logging.NOTSET:  # its per-phase INFO lines would drown ours; kept if set explicitly
             mteb_log.setLevel(logging.WARNING)
-        with no_network("mteb evaluation", _endpoint_hosts(encoder)):
-            result = mteb.evaluate(
-                model,
-                [t.task for t in self.tasks],
-                cache=cache,
-                overwrite_strategy=self.overwrite_strategy,
-                encode_kwargs={"batch_size": self.batch_size, "show_progress_bar": self.show_progress},
-                show_progress_bar=self.show_progress,
-                co2_tracker=False,
-                raise_error=True,
-            )
-        log.info("mteb: %d task(s) in %.1fs", len(self.tasks), time.perf_counter() - t0)
-        return self.flatten(result.task_results)
+        for t in self.tasks:  # the same draws for every model (clustering samples with the task's rng)
+            reset_seed(t.task)
+        with tempfile.TemporaryDirectory(prefix="embedexp-mteb-") as predictions:
+            with no_network("mteb evaluation", _endpoint_hosts(encoder)):
+                result = mteb.evaluate(
+                    model,
+                    [t.task for t in self.tasks],
+                    cache=cache,
+                    overwrite_strategy=self.overwrite_strategy,
+                    encode_kwargs={"batch_size": self.batch_size, "show_progress_bar": self.show_progress},
+                    show_progress_bar=self.show_progress,
+                    co2_tracker=False,
+                    raise_error=True,
+                    prediction_folder=predictions,
+                )
+            log.info("mteb: %d task(s) in %.1fs", len(self.tasks), time.perf_counter() - t0)
+            self.last_task_results = list(result.task_results)
+            flat = self.flatten(result.task_results)
+            units = {}
+            for t in self.tasks:
+                units.update(
+                    task_units(
+                        t.task,
+                        Path(predictions),
+                        lambda split, subset, t=t: self._prefix(t.name, t.task, split, subset),
+                    )
+                )
+        self.last_units = {k: v for k, v in units.items() if k in flat}
+        return flat
+
+    @staticmethod
+    def _prefix(name: str, task, split: str, subset: str) -> str:
+        splits = list(task.eval_splits)
+        return "/".join(
+            ["mteb", name] + ([split] if len(splits) > 1 else []) + ([subset] if subset != "default" else [])
+        )
 
     def flatten(self, task_results) -> dict[str, float]:
         out: dict[str, float] = {}
+        mains: list[float] = []
         for tr in task_results:
             splits = tr.scores
             for split, entries in splits.items():
@@ -476,9 +520,13 @@ class MtebEvaluation:
                     for name, value in entry.items():
                         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                             continue  # labels, lists, and scores mteb could not compute (NaN)
+                        if name == "main_score":
+                            mains.append(float(value))
                         if self.metrics is not None and name != "main_score" and name not in self.metrics:
                             continue
                         out[f"{prefix}/{name}"] = float(value)
+        if self.summary and mains:
+            out[self.summary] = float(np.mean(mains))  # mean over tasks (and their splits/subsets) of main_score
         return out
 
 

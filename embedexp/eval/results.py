@@ -90,11 +90,16 @@ def compare(
     return out
 
 
+def _group(name: str) -> str:
+    """The eval set of a row: `<set>` of `<set>/<metric>`, `mteb/<Task>[/<split>][/<subset>]` of an mteb row."""
+    return name.rsplit("/", 1)[0] if name.startswith("mteb/") else name.split("/")[0]
+
+
 def _primary(names) -> set[str]:
     """The headline metric of each eval set: its first tested metric (nDCG@10 for retrieval, Spearman for STS)."""
     seen, out = set(), set()
     for name in names:
-        ds = name.split("/")[0]
+        ds = _group(name)
         if ds not in seen:
             seen.add(ds)
             out.add(name)
@@ -139,7 +144,7 @@ def summary_lines(rows: dict[str, dict[str, Any]], alpha: float) -> str:
     """One line per set: its first metric with statistics (nDCG@10 / Spearman first in each set's order)."""
     seen, lines = set(), []
     for name, r in rows.items():
-        ds = name.split("/")[0]
+        ds = _group(name)
         if not r.get("primary") or ds in seen:
             continue
         seen.add(ds)
@@ -164,7 +169,8 @@ def per_query_records(units: dict[str, dict] | None, texts: dict[str, dict[str, 
     records: dict[tuple[str, str], dict] = {}
     for side in ("base", "tuned"):
         for name, u in (units.get(side) or {}).items():
-            ds, _, metric = name.partition("/")
+            ds = _group(name)
+            metric = name[len(ds) + 1 :]
             key = "scores" if "scores" in u else "values"
             metric = "similarity" if key == "scores" else metric
             for i, uid in enumerate(u.get("ids", [])):
@@ -191,7 +197,7 @@ def largest_changes(
         return ""
     out, seen = [], set()
     for name, r in rows.items():
-        ds = name.split("/")[0]
+        ds = _group(name)
         b, t = (units.get("base") or {}).get(name), (units.get("tuned") or {}).get(name)
         if "verdict" not in r or ds in seen or not b or not t or "values" not in b:
             continue
