@@ -95,13 +95,41 @@ def search(cfg: DictConfig) -> list:
     index = Index.load(cfg.index)
     encoder, _ = _load_model(cfg)
     if encoder is not None:
-        index.attach(encoder)
+        index.attach(encoder, rebuild=_rebuild_command(cfg, index))
     results = index.search(queries, int(cfg.k))
     for query, hits in zip(queries, results):
         print(f"query: {query}")
         for rank, (doc_id, score) in enumerate(hits, start=1):
-            print(f"{rank:>4}  {score:.4f}  {doc_id}")
+            print(f"{rank:>4}  {score:.4f}  {_snippet(index.text(doc_id)):<{SNIPPET}}  {doc_id}")
     return results
+
+
+SNIPPET = 100  # characters of document text shown per hit
+
+
+def _snippet(text: str | None, width: int = SNIPPET) -> str:
+    """One line of at most `width` characters (whitespace collapsed, `…` where cut); `-` when unknown."""
+    if text is None:
+        return "-"
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+def _rebuild_command(cfg: DictConfig, index) -> str:
+    """The embedexp-index command that rebuilds `index` with the model named on this command line."""
+    corpus = index.manifest.get("source") or "<corpus folder>"
+    out = Path(cfg.index).expanduser().resolve()
+    if cfg.get("model_dir"):
+        model = f"model_dir={Path(cfg.model_dir).expanduser().resolve()}"
+    else:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            preset = HydraConfig.get().runtime.choices.get("model")
+        except Exception:  # composed outside a Hydra run (tests)
+            preset = None
+        model = f"model={preset}" if preset else f"model.model_name_or_path={cfg.model.model_name_or_path}"
+    return f"embedexp-index corpus={corpus} {model} out={out}"
 
 
 @cli_entry("index")

@@ -4,6 +4,7 @@ Folder layout (written to a temporary sibling, then renamed into place):
 
     index.faiss     faiss IndexFlatIP over the document embeddings (inner product = cosine when normalised)
     ids.json        document ids, in index row order
+    texts.jsonl     document texts (one JSON string a line, in index row order), shown by embedexp-search
     manifest.json   model fingerprint and how to rebuild the model, dim, count, normalisation, file checksums
 
 An index only answers queries embedded by the model that built it: `Index.load(path, encoder=...)`
@@ -29,7 +30,7 @@ from embedexp.errors import ConfigError, DataError, ModelError
 log = logging.getLogger(__name__)
 FORMAT = "embedexp-index"
 VERSION = 1
-MANIFEST, INDEX_FILE, IDS_FILE = "manifest.json", "index.faiss", "ids.json"
+MANIFEST, INDEX_FILE, IDS_FILE, TEXTS_FILE = "manifest.json", "index.faiss", "ids.json", "texts.jsonl"
 REQUIRED = ("format", "version", "model", "dim", "count", "normalize", "files")
 
 
@@ -76,6 +77,7 @@ class Index:
         self.manifest = manifest
         self.path = path
         self._encoder = None
+        self._texts: list[str] | None = None  # loaded on first use (`text`)
         if encoder is not None:
             self.attach(encoder)
 
@@ -126,6 +128,7 @@ class Index:
         }
         idx = cls(index, list(map(str, doc_ids)), manifest)
         idx._encoder = encoder
+        idx._texts = list(texts)
         return idx
 
     def save(self, path: str | Path) -> Path:
@@ -142,10 +145,12 @@ class Index:
         try:
             _faiss().write_index(self.index, str(tmp / INDEX_FILE))
             (tmp / IDS_FILE).write_text(json.dumps(self.ids, ensure_ascii=False) + "\n", encoding="utf-8")
-            files = {
-                name: {"bytes": (tmp / name).stat().st_size, "blake2b": _file_hash(tmp / name)}
-                for name in (INDEX_FILE, IDS_FILE)
-            }
+            names = [INDEX_FILE, IDS_FILE]
+            if self._texts is not None:
+                with open(tmp / TEXTS_FILE, "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps(t, ensure_ascii=False) + "\n" for t in self._texts)
+                names.append(TEXTS_FILE)
+            files = {name: {"bytes": (tmp / name).stat().st_size, "blake2b": _file_hash(tmp / name)} for name in names}
             self.manifest = {**self.manifest, "files": files}
             (tmp / MANIFEST).write_text(
                 json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -168,7 +173,7 @@ class Index:
         if not path.is_dir():
             raise DataError(f"index folder {path} does not exist (build one with embedexp-index)")
         manifest = read_manifest(path)
-        for name in (INDEX_FILE, IDS_FILE):
+        for name in (INDEX_FILE, IDS_FILE, *([TEXTS_FILE] if TEXTS_FILE in manifest["files"] else [])):
             f = path / name
             if not f.is_file():
                 raise DataError(f"{path}: {name} is missing; the index is incomplete, rebuild it with embedexp-index")
@@ -198,17 +203,41 @@ class Index:
     def fingerprint(self) -> str:
         return self.manifest["model"]["fingerprint"]
 
-    def attach(self, encoder: Any) -> None:
-        """Use `encoder` for text queries; ModelError unless its fingerprint is the one that built the index."""
+    def attach(self, encoder: Any, rebuild: str | None = None) -> None:
+        """Use `encoder` for text queries; ModelError unless its fingerprint is the one that built the index.
+
+        The refusal names both models by their full paths and ends with a command that rebuilds the index with
+        `encoder`: `rebuild` when given (the CLI knows how the model was named), else one with its folder.
+        """
         got = encoder.fingerprint()
         if got != self.fingerprint:
-            built = self.manifest["model"].get("name") or self.manifest["model"].get("model_name_or_path")
-            name = getattr(encoder, "name", type(encoder).__name__)
+            model = self.manifest["model"]
+            built = _model_path(model.get("model_name_or_path")) or model.get("name")
+            name = _model_path(getattr(encoder, "model_name_or_path", None)) or getattr(
+                encoder, "name", type(encoder).__name__
+            )
+            where = str(Path(self.path).resolve()) if self.path else "(not saved)"
+            if rebuild is None:
+                corpus = self.manifest.get("source") or "<corpus folder>"
+                rebuild = f"embedexp-index corpus={corpus} model.model_name_or_path={name} out={where}"
             raise ModelError(
-                f"index {self.path or ''} was built with model {built} (fingerprint {self.fingerprint[:12]}), "
-                f"not with {name} (fingerprint {got[:12]}); search with the model that built it or rebuild the index"
+                f"index {where} was built with model {built} (fingerprint {self.fingerprint[:12]}), "
+                f"not with {name} (fingerprint {got[:12]}); search without model=/model_dir= to use the model that "
+                f"built it, or rebuild the index with this model: {rebuild}"
             )
         self._encoder = encoder
+
+    def text(self, doc_id: str) -> str | None:
+        """The stored text of a document (None for an index written before texts were stored)."""
+        if self._texts is None and self.path is not None and (self.path / TEXTS_FILE).is_file():
+            with open(self.path / TEXTS_FILE, encoding="utf-8") as f:
+                self._texts = [json.loads(line) for line in f]
+        if self._texts is None:
+            return None
+        if not hasattr(self, "_row_of"):
+            self._row_of = {d: i for i, d in enumerate(self.ids)}
+        row = self._row_of.get(str(doc_id))
+        return self._texts[row] if row is not None and row < len(self._texts) else None
 
     @property
     def encoder(self) -> Any:
@@ -251,6 +280,14 @@ class Index:
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+
+def _model_path(name_or_path: Any) -> str | None:
+    """A model folder as an absolute path (a hub-style name as it is)."""
+    if not name_or_path:
+        return None
+    p = Path(str(name_or_path)).expanduser()
+    return str(p.resolve()) if p.exists() else str(name_or_path)
 
 
 def read_manifest(path: Path) -> dict:
