@@ -549,7 +549,7 @@ BAD = [
     (BM25Miner, {"k1": 0}, "miner.k1"),
     (BM25Miner, {"b": 1.5}, "miner.b"),
     (BM25Miner, {"epsilon": -0.1}, "miner.epsilon"),
-    (BM25Miner, {"backend": "bm25s"}, "miner.backend"),
+    (BM25Miner, {"backend": "bm25x"}, "miner.backend"),
     (BM25Miner, {"token_pattern": "ngram"}, "miner.token_pattern"),
     (BM25Miner, {"lowercase": "yes"}, "miner.lowercase"),
     (BM25Miner, {"stopwords": "french"}, "miner.stopwords"),

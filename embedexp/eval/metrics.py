@@ -38,6 +38,9 @@ def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
     return rank
 
 
+SCORE_BLOCK_ELEMENTS = 1 << 24  # at most this many float32 similarities per chunk (64 MB) in `top_k`
+
+
 def top_k(
     query_emb: torch.Tensor,
     doc_emb: torch.Tensor,
@@ -50,7 +53,8 @@ def top_k(
     Args:
         query_emb: (n_queries, dim); doc_emb: (n_docs, dim); neither needs to be normalised.
         k: documents per query (at most n_docs).
-        chunk_size: queries per matrix product.
+        chunk_size: queries per matrix product, capped so a chunk holds at most SCORE_BLOCK_ELEMENTS similarities
+            (memory stays flat in the corpus size; a 10^6-document corpus gets 16 queries per chunk).
         doc_ids: when given, each row is in trec_eval's order (score descending, then doc id
             descending) and documents tied with the k-th score are chosen by that rule too, so the
             top-k set is the first k of trec_eval's full ranking. Without ids, ties follow torch.topk.
@@ -64,6 +68,7 @@ def top_k(
     id_rank = _descending_id_rank(doc_ids) if doc_ids is not None else None
     if id_rank is not None and len(id_rank) != d.shape[0]:
         raise ValueError(f"top_k: {len(id_rank)} doc_ids for {d.shape[0]} document embeddings")
+    chunk_size = max(1, min(chunk_size, SCORE_BLOCK_ELEMENTS // max(1, d.shape[0])))
     scores, idx = [], []
     for s in range(0, q.shape[0], chunk_size):
         sim = q[s : s + chunk_size] @ d.T

@@ -1,14 +1,19 @@
-"""BM25 (Okapi, as rank_bm25.BM25Okapi computes it) hard negatives.
+"""BM25 hard negatives: Okapi exactly as rank_bm25.BM25Okapi computes it (default), or through the bm25s library.
 
-Two backends give the same top-k (same ids, same order, bit-identical scores):
+Two backends give rank_bm25's top-k (same ids, same order, bit-identical scores):
 
 * `reference`: the field guide's recipe: `rank_bm25.BM25Okapi(...).get_scores(query)` per query, then a
   (stable) sort of all documents.
-* `fast` (default): the same index held as a term -> documents posting matrix (CSR) with each entry's BM25
+* `fast`: the same index held as a term -> documents posting matrix (CSR) with each entry's BM25
   weight precomputed with the very float operations rank_bm25 uses; a block of queries is scored by adding,
   query token after query token, the token's postings into a dense (queries x documents) block: every
   document's score is the same sum, in the same order, as rank_bm25's. Top-k by partition; ties are
   broken by corpus order in both backends (what a stable sort of the scores gives).
+
+A third, `bm25s`, runs the bm25s library (embedexp/miners/bm25s_backend.py; Lucene's BM25 variant unless
+`miner.bm25s_method` says otherwise) on the same tokens: scores NOT identical to rank_bm25's. It stays an option, not
+the default: on SciFact and NFCorpus it measured ~2x the CPU time of `fast` to index and 1.4-1.7x to query, for
+the same nDCG@10 within 0.002 (docs/benchmarks.md, "BM25 backends").
 
 A document is retrieved only with a score > 0 (see `BM25Miner._retrieved`); the zero-score tail of a top-k list
 (a query of stop words only, a query that matches only its positive, terms of idf 0) is never mined.
@@ -29,9 +34,10 @@ from tqdm.auto import tqdm
 
 from embedexp.errors import ConfigError, DataError
 from embedexp.miners.base import HardNegativeMiner, check_choice, check_int, check_number, topk_desc
+from embedexp.miners.bm25s_backend import METHODS, BM25SIndex, bm25s_module, rank_bm25s
 from embedexp.miners.tokenize import Tokenizer
 
-BACKENDS = ("fast", "reference")
+BACKENDS = ("bm25s", "fast", "reference")
 DENSE_BUDGET_BYTES = 64 << 20  # dense rows of the most frequent terms, at most this much memory
 
 
@@ -159,6 +165,7 @@ class BM25Miner(HardNegativeMiner):
         b: float = 0.75,
         epsilon: float = 0.25,
         backend: str = "fast",
+        bm25s_method: str = "lucene",
         token_pattern: str = "word",
         lowercase: bool = True,
         stopwords: str | None = "english",
@@ -172,26 +179,31 @@ class BM25Miner(HardNegativeMiner):
         self.b = check_number("miner.b", b, minimum=0, maximum=1, optional=False)
         self.epsilon = check_number("miner.epsilon", epsilon, minimum=0, optional=False)
         self.backend = check_choice("miner.backend", backend, BACKENDS)
+        self.bm25s_method = check_choice("miner.bm25s_method", bm25s_method, METHODS)
         self.tokenizer = Tokenizer(token_pattern, lowercase, stopwords, stemmer)
         self.query_batch = check_int("miner.query_batch", query_batch, 1)
         if self.backend == "reference":
             _rank_bm25()
-        self._index: BM25Index | None = None
+        if self.backend == "bm25s":
+            bm25s_module()
+        self._index: BM25Index | BM25SIndex | None = None
         self._docs_tokens: list[list[str]] | None = None
 
     def scorer_config(self) -> dict:
-        # both backends give the same ranking: the backend is not part of the key
-        return {
-            **super().scorer_config(),
-            "k1": self.k1,
-            "b": self.b,
-            "epsilon": self.epsilon,
-            **self.tokenizer.settings(),
-        }
+        # fast and reference give the same ranking (rank_bm25's): only bm25s' scores are part of the key
+        scoring = (
+            {"backend": "bm25s", "method": self.bm25s_method} if self.backend == "bm25s" else {"epsilon": self.epsilon}
+        )
+        return {**super().scorer_config(), "k1": self.k1, "b": self.b, **scoring, **self.tokenizer.settings()}
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
         self._docs_tokens = docs_tokens = self.tokenizer.many(docs)
         q_tokens = self.tokenizer.many(queries)
+        if self.backend == "bm25s":
+            self._index, idx, scores, pos_scores = rank_bm25s(
+                q_tokens, docs_tokens, depth, pos_pairs, self.k1, self.b, self.bm25s_method, self.show_progress
+            )
+            return idx, scores, pos_scores
         if self.backend == "reference":
             self._index = None
             return rank_reference(
@@ -227,7 +239,9 @@ class BM25Miner(HardNegativeMiner):
         self._docs_tokens = None
 
     def _score_texts(self, queries, pairs, encoder=None):
-        if self._index is None:
+        if self._index is None and self.backend == "bm25s":
+            self._index = BM25SIndex(self._docs_tokens, self.k1, self.b, self.bm25s_method)
+        elif self._index is None:
             self._index = BM25Index(self._docs_tokens, self.k1, self.b, self.epsilon)
         index = self._index
         return np.array(
