@@ -41,7 +41,7 @@ RECORD_KEYS = {
     "world_size": "world size (trainer.devices x trainer.num_nodes)",
     "rows": "number of training rows (data.train, after mining)",
     "fingerprint": "training-data fingerprint (data.train texts, miner output)",
-    "batch_sampler": "data.batch_sampler (as resolved for the loss)",
+    "batch_sampler": "data.batch_sampler",
     "mixture": "training sources and data.mixture",
 }
 _warned_unrecorded: set[str] = set()

@@ -124,7 +124,8 @@ def test_sources_with_different_columns_and_switches(tmp_path):
             assert len(set(b["texts"][1])) == len(b["texts"][1]), "qa batches have no repeated answer"
             assert "known_ids" in b
     assert seen == {"qa": 30, "hard": 20}
-    assert dm.position_record()["batch_sampler"] == "no_duplicates,random"
+    assert [dm.sampler_kind(i) for i in range(2)] == ["no_duplicates", "random"]
+    assert "('hard', False)" in dm.position_record()["mixture"]
 
 
 def test_mixture_resumes_mid_epoch(tmp_path):

@@ -163,7 +163,7 @@ def test_datamodule_default_follows_the_loss(tmp_path):
     dm = EmbeddingDataModule({"format": "pairs", "path": str(_pairs(tmp_path, rows))}, batch_size=6, seed=1)
     dm.set_tokenizer(lambda texts, kind: {"n": len(texts)})
     dm.use_loss(InfoNCELoss())
-    assert dm.sampler_kind() == "no_duplicates" and dm.position_record()["batch_sampler"] == "no_duplicates"
+    assert dm.sampler_kind() == "no_duplicates" and dm.position_record()["batch_sampler"] == "auto"
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 7

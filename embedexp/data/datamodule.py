@@ -27,7 +27,7 @@ from embedexp.data.mixture import (
     split_sources,
 )
 from embedexp.data.no_duplicates import KnownPositives, ensure_epoch, row_hashes, text_hash
-from embedexp.data.resumable import ResumableBatchSampler, SourcePlan
+from embedexp.data.resumable import ResumableBatchSampler, ResumableSampler, SourcePlan
 from embedexp.data.train_sets import TrainSet, build_train_set
 from embedexp.errors import ConfigError
 
@@ -260,7 +260,8 @@ class EmbeddingDataModule(L.LightningDataModule):
             "world_size": int(world_size),
             "rows": len(self.load()),
             "fingerprint": self.fingerprint(),
-            "batch_sampler": ",".join(self.sampler_kind(i) for i in range(len(self.sources))),
+            # the configured value: `auto` resolves from the loss, which a resumed run shares
+            "batch_sampler": self.batch_sampler,
         }
         if len(self.sources) > 1:
             record["mixture"] = repr(
@@ -345,11 +346,9 @@ class EmbeddingDataModule(L.LightningDataModule):
             module = getattr(trainer, "lightning_module", None)
             if module is not None and getattr(module, "loss", None) is not None:
                 self.use_loss(module.loss)
-        if (
-            trainer is not None
-            and trainer.world_size > 1
-            and not trainer._accelerator_connector.use_distributed_sampler
-        ):
+        if trainer is not None and trainer.world_size > 1:
+            if trainer._accelerator_connector.use_distributed_sampler:
+                return self._lightning_split_loader(g)
             rank, world = trainer.global_rank, trainer.world_size  # we split the rows ourselves (resumable)
         self.sampler = self.build_batch_sampler(rank, world)
         if self._resume is not None:
@@ -362,6 +361,28 @@ class EmbeddingDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=self.collator(),
             generator=g,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _lightning_split_loader(self, generator: torch.Generator) -> DataLoader:
+        """A Trainer with use_distributed_sampler=True (not embedexp.train's) puts its own DistributedSampler
+        into a row-level loader: the plain per-row loader it can rewrite (no no-duplicates plan, one source)."""
+        if len(self.source_sets) > 1:
+            raise ConfigError(
+                "data.train names several sources, which needs the data module to split the rows across ranks; "
+                "expected a lightning.Trainer with use_distributed_sampler=False (as embedexp-train uses)"
+            )
+        if self.sampler_kind() == "no_duplicates":
+            log.warning("use_distributed_sampler=True: Lightning splits the rows; batches are not de-duplicated")
+        self.sampler = None
+        return DataLoader(
+            _Rows(self.source_sets, [self.known_positives(0)]),
+            batch_size=self.batch_size,
+            sampler=ResumableSampler(len(self.source_sets[0]), self.batch_size, self.seed, self.shuffle),
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(),
+            generator=generator,
             persistent_workers=self.num_workers > 0,
         )
 
