@@ -123,3 +123,20 @@ def test_evaluator_passes_precision_only_when_bf16(tmp_path, native, caplog):
     bf16_key = ev._key("rec", "part")
     ev._encode_kw = {}
     assert ev._key("rec", "part") != bf16_key  # bf16 results never answer an fp32 cache lookup
+
+
+def test_dense_miner_precision(native):
+    from embedexp.miners.dense import DenseMiner
+
+    with pytest.raises(ConfigError, match=r"^miner.precision='half'; expected one of fp32, bf16, auto$"):
+        DenseMiner(model=RecordingEncoder(), precision="half", cache=False)
+    enc = RecordingEncoder()
+    fp32 = DenseMiner(model=enc, cache=False, show_progress=False)
+    fp32._rank(["q"], ["a", "b", "c"], 2, np.empty((0, 2), np.int64))
+    assert enc.calls == [{}, {}] and "precision" not in fp32.scorer_config()
+    native(True)
+    enc = RecordingEncoder()
+    bf16 = DenseMiner(model=enc, precision="auto", cache=False, show_progress=False)
+    bf16._rank(["q"], ["a", "b", "c"], 2, np.empty((0, 2), np.int64))
+    assert enc.calls == [{"precision": "bf16"}, {"precision": "bf16"}]
+    assert bf16.scorer_config()["precision"] == "auto"  # part of the mining cache key
