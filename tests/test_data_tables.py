@@ -289,3 +289,79 @@ def test_bm25_miner_on_pairs_never_mines_a_positive_of_the_same_anchor(tmp_path)
 def test_scores_none_without_score_columns(tmp_path):
     ts = _build(tmp_path, _csv(tmp_path / "qa.csv", ["question", "answer"], QA))
     assert not ts.has_scores and ts.scores(0) is None
+
+
+# ---------------------------------------------------------------- one command each (tiny model, in-process)
+def _train(tmp_path, *overrides):
+    from embedexp.train import train
+
+    from conftest import compose_demo_tiny
+
+    out = tmp_path / "out"
+    train(compose_demo_tiny(out, tmp_path / "cache", "logger=none", "data.batch_size=2", *overrides))
+    assert (out / "results.json").is_file() and (out / "model").is_dir()
+    return json.loads((out / "results.json").read_text())
+
+
+def test_train_on_a_question_answer_csv_with_bm25_mining(tmp_path):
+    """`embedexp-train data=pairs data.train.path=qa.csv miner=bm25`: the new user's csv, mined, in one command."""
+    rows = [(f"topic {i} question", f"topic {i} answer text") for i in range(6)]
+    qa = _csv(tmp_path / "qa.csv", ["question", "answer"], rows)
+    _train(tmp_path, "data=pairs", f"data.train.path={qa}", "~data.eval_sets.stsb_test", "miner=bm25")
+
+
+@pytest.mark.slow
+def test_train_on_a_flagembedding_jsonl_with_sampled_negatives(tmp_path):
+    flag = _jsonl(tmp_path / "flag.jsonl", _flag_rows())
+    _train(tmp_path, "data=table", f"data.train.path={flag}", "data.train.negatives_per_row=2", "loss=infonce")
+
+
+def _bad_csv(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,answer\nwhat,yes\nwho,\n")
+    return bad, f"{bad}: row 2: column 'answer' is empty; expected non-empty text"
+
+
+def test_bad_csv_through_the_cli_wrapper_is_exit_2_and_one_line(tmp_path, capsys):
+    from embedexp.cli import one_line_errors
+    from embedexp.train import train
+
+    from conftest import compose_demo_tiny
+
+    bad, expected = _bad_csv(tmp_path)
+    cfg = compose_demo_tiny(tmp_path / "out", tmp_path / "cache", "data=table", f"data.train.path={bad}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        one_line_errors(train)(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err[err.index("embedexp: error: ") :] == f"embedexp: error: {expected}\n", err[-2000:]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_bad_csv_is_exit_2_and_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad, expected = _bad_csv(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedexp.train",
+            "experiment=demo_tiny",
+            "data=table",
+            f"data.train.path={bad}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr[proc.stderr.index("embedexp: error: ") :] == f"embedexp: error: {expected}\n", proc.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "out" / "results.json").exists()

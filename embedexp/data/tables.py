@@ -135,9 +135,14 @@ def _open(datasets, path: str, split: str | None, cache_dir: str | None, kind: s
     except DataError:
         raise
     except Exception as e:
-        offline = " (HF_DATASETS_OFFLINE=1: only cached datasets load)" if datasets.config.HF_HUB_OFFLINE else ""
+        offline = " (HF_DATASETS_OFFLINE=1: only cached datasets load)" if _offline(datasets) else ""
         raise DataError(f"{path}: cannot load as a hub dataset{offline} ({_cause(e)})") from None
     return ds, [], f"hub dataset {path}"
+
+
+def _offline(datasets) -> bool:
+    cfg = datasets.config
+    return bool(getattr(cfg, "HF_HUB_OFFLINE", False) or getattr(cfg, "HF_DATASETS_OFFLINE", False))
 
 
 def files_digest(files: list[Path], extra: str = "") -> str:
