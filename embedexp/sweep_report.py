@@ -200,13 +200,26 @@ def _composed(job_dir: str) -> Any:
     return OmegaConf.load(path) if path.exists() else None
 
 
+@functools.lru_cache(maxsize=4096)
+def _choices(job_dir: str) -> dict:
+    """The config-group options the run was composed from (hydra.runtime.choices: {"loss": "infonce", ...})."""
+    path = Path(job_dir) / ".hydra" / "hydra.yaml"
+    if not path.exists():
+        return {}
+    hydra = (_read_yaml(path) or {}).get("hydra") or {}
+    return dict((hydra.get("runtime") or {}).get("choices") or {})
+
+
 def value_of(job: Job, key: str) -> str:
-    """The job's value for an override key: its override, else its composed config's value (.hydra/config.yaml;
-    a config group's `name`), else ""."""
+    """The job's value for an override key: its override, else the config-group option it was composed with
+    (.hydra/hydra.yaml), else its composed config's value (.hydra/config.yaml), else ""."""
     if key in job.overrides:
         return job.overrides[key]
     if job.dir is None or key.startswith("hydra"):
         return ""
+    choice = _choices(job.dir).get(key)
+    if choice is not None:
+        return str(choice)
     cfg = _composed(job.dir)
     node = OmegaConf.select(cfg, key, default=None) if cfg is not None else None
     if OmegaConf.is_config(node):

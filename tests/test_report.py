@@ -238,7 +238,8 @@ def test_base_line_is_per_base_model_never_averaged(tmp_path, figures):
 def test_adhoc_runs_are_named_filled_from_config_and_legend_fits(tmp_path, figures, capsys):
     runs = tmp_path / "outputs"
     cfg = {"trainer": {"lr": 0.001}, "loss": {"name": "infonce", "temperature": 0.05}}
-    _run(runs, "2026-11-29/10-00-00", [], _m(0.61), cfg)
+    first = _run(runs, "2026-11-29/10-00-00", [], _m(0.61), cfg)
+    (first / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"loss": "gist"}}}}))
     _run(runs, "2026-11-29/10-05-00", ["trainer.lr=1e-4"], _m(0.65), cfg)
     _run(runs, "2026-11-30/09-00-00", ["trainer.lr=1e-4", "loss=triplet"], _m(0.58), cfg)
     _run(runs, "2026-11-30/09-30-00", ["trainer.lr=0.001"], _m(0.64), cfg)  # same lr as the default: not "swept"
@@ -252,7 +253,7 @@ def test_adhoc_runs_are_named_filled_from_config_and_legend_fits(tmp_path, figur
         "2026-11-30/09-30-00",
     ]
     assert [r["trainer.lr"] for r in rows] == ["0.001", "1e-4", "1e-4", "0.001"]  # the first from its config
-    assert [r["loss"] for r in rows] == ["infonce", "infonce", "triplet", "infonce"]
+    assert [r["loss"] for r in rows] == ["gist", "infonce", "triplet", "infonce"]  # group option, else loss.name
     fig = figures["trainer.lr.png"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("2026-11-29/10-00-00" in lb for lb in labels)
