@@ -37,7 +37,7 @@ NOT_HYPERPARAMETERS = (
 _PATHLIKE_KEY = re.compile(r"(^|[._])(dir|path|root|file|name_or_path|output_dir|cache_dir)$")
 _UNIT_METRICS = ("ndcg", "recall", "map", "mrr", "precision", "accuracy", "hit", "success", "f1", "ap")
 _CORRELATIONS = ("spearman", "pearson", "cosine", "kendall")
-MAX_LABEL = 60
+MAX_LABEL = 100  # legend entries: the runs first (never cut unless very long), then the other keys
 DEV_PREFIX = "dev objective: "
 
 
@@ -196,7 +196,7 @@ def plot_numeric(jobs: list[Job], key: str, others: list[str], metrics: list[str
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colors[i % len(colors)], marker="o") for i in range(len(groups))]
-    labels = [_short(f"{label or key} ({_runs(m)})") for label, m in groups.items()]
+    labels = [_short(f"{_runs(m)}: {label or key}") for label, m in groups.items()]
     if scatter:
         handles.append(Line2D([], [], color="gray", linestyle="none", marker="_", markersize=10))
         labels.append("dash: that run's base model (not fine-tuned)")
@@ -244,7 +244,7 @@ def plot_categorical(jobs: list[Job], key: str, others: list[str], metrics: list
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[i % len(colors)]) for i in range(len(groups))]
-    labels = [_short(f"{label or 'fine-tuned'} ({_runs(m)})") for label, m in groups.items()]
+    labels = [_short(f"{_runs(m)}: {label or 'fine-tuned'}") for label, m in groups.items()]
     handles.append(Line2D([], [], color="black", linestyle=":", linewidth=2))
     labels.append("dotted tick: that bar's base model (not fine-tuned)")
     _legend(fig, handles, labels)
