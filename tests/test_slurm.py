@@ -218,10 +218,11 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(slurm, tmp_path
     print(f"requeued Slurm job: {time.perf_counter() - t0:.1f} s (requeued at step {step})")
     assert proc.returncode == 0, out[-3000:]
     assert 0 < step < 12
+    assert _sacct_state(job_id) == "COMPLETED"  # waits for the job step to finish exiting
     restarts = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-D", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=30
     ).stdout.split()
-    assert restarts[0] == "REQUEUED" and restarts[-1] == "COMPLETED", restarts  # -D: every run of the job
+    assert restarts == ["REQUEUED", "COMPLETED"], restarts  # -D: every run of the job
     results = json.loads((sweep / "0" / "results.json").read_text())
     assert results["resumed_from"] == str(sweep / "0" / "checkpoints" / "last.ckpt") and results["steps"] == 12
 
