@@ -49,6 +49,10 @@ def check_data_config(prefix: str, data: Any) -> None:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix}={data!r}; expected a data preset (e.g. data=demo)")
+    from embedexp.data.mixture import check_mixture_data  # batch_sampler; several sources: each one, mixture
+
+    if check_mixture_data(prefix, data, check_data_config):
+        return
     check_int(f"{prefix}.batch_size", data.get("batch_size", 32), 1)
     check_int(f"{prefix}.num_workers", data.get("num_workers", 0), 0)
     check_choice(f"{prefix}.on_error", data.get("on_error", "raise"), ON_ERROR)
