@@ -36,6 +36,7 @@ def test_optuna_without_dev_set_is_refused_before_training(tmp_path):
     assert not list(sweep.glob("*/results.json")) and not list(sweep.glob("*/model"))
 
 
+@pytest.mark.slow  # two full tiny training jobs plus Optuna's import: beyond the default run's budget
 def test_two_trial_search_returns_the_dev_metric_and_names_the_best(tmp_path):
     sweep = tmp_path / "sweep"
     args = [
