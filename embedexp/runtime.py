@@ -144,6 +144,10 @@ def _install_warning_filters() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", module=r"lightning\.pytorch\."
     )
+    # a run shorter than log_every_n_steps: embedexp.curves.CurveKeeper logs its last step, so the advice is moot
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging interval"
+    )
     if not os.environ.get("SLURM_JOB_ID"):
         # outside a SLURM allocation the hint ("prepend srun") is wrong advice; inside one it stays
         warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
