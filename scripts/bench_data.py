@@ -28,7 +28,7 @@ MARK_BEGIN, MARK_END = "<!-- bench_data:begin -->", "<!-- bench_data:end -->"
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-path, cache, model = sys.argv[1], sys.argv[2], sys.argv[3]
+path, cache, model, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 import torch
@@ -39,7 +39,7 @@ import datasets, embedexp.data.datamodule  # imports counted apart from the data
 register_resolvers()
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     cfg = compose(config_name="train", overrides=["experiment=demo_tiny", "data=table", f"data.train.path={path}",
-                  f"paths.cache_dir={cache}", "data.batch_size=32"])
+                  f"paths.cache_dir={cache}", "data.batch_size=32", *extra])
 t_cfg = time.perf_counter()
 dm = instantiate(cfg.data, seed=0)
 ts = dm.load()
@@ -84,11 +84,11 @@ def write_pairs(path: Path, n: int, chunk: int = 100_000) -> Path:
     return path
 
 
-def run_child(path: Path, cache: Path, model: Path) -> dict:
+def run_child(path: Path, cache: Path, model: Path, extra: list[str]) -> dict:
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), str(cache), str(model)],
+        [sys.executable, "-c", CHILD, str(path), str(cache), str(model), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -123,6 +123,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs=2, default=[1_000_000, 10_000], metavar=("LARGE", "SMALL"))
     ap.add_argument("--write-docs", default=None, help="replace the bench table in this markdown file")
+    ap.add_argument("--no-warm", action="store_true", help="skip the second (warm cache) run on the large file")
+    ap.add_argument("override", nargs="*", help="config overrides for every child, e.g. data.batch_sampler=random")
     args = ap.parse_args()
     from embedexp.models.tiny import build_tiny_bert
 
@@ -144,7 +146,7 @@ def main() -> None:
                 files[key] = write_pairs(tmp / f"pairs_{key}.parquet", n)
                 print(f"wrote {n:,} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             cache = tmp / f"cache_{key}"  # empty for the first run on each file; reused by "warm cache"
-            r = run_child(files[key], cache, model)
+            r = run_child(files[key], cache, model, args.override)
             r.update(name=name, file_mb=files[key].stat().st_size / 2**20)
             results.append(r)
             print(json.dumps(r), file=sys.stderr)
@@ -154,12 +156,14 @@ def main() -> None:
         f"\n\n{cpus} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; the tiny random BERT "
         "(32-dim); batch 32; child processes started fresh; base = a 10-row file (imports + model); CPU s = the child's user + system time."
     )
+    if args.override:
+        note += f" Overrides: `{' '.join(args.override)}`."
     print(md + note)
     if args.write_docs:
         doc = Path(args.write_docs)
         text = doc.read_text()
         i, j = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
-        doc.write_text(text[:i] + "\n" + md + note + "\n" + text[j:])
+        doc.write_text(text[:i] + "\n" + text[i:j].strip("\n") + "\n\n" + md + note + "\n" + text[j:])
 
 
 if __name__ == "__main__":
