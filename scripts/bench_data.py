@@ -136,8 +136,9 @@ def main() -> None:
             ("base", 10, "base"),
             ("small", small, "small"),
             ("large", large, "large"),
-            ("large, warm cache", large, "large"),
         ]
+        if not args.no_warm:
+            runs.append(("large, warm cache", large, "large"))
         files: dict[str, Path] = {}
         results = []
         for name, n, key in runs:
