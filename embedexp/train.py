@@ -132,6 +132,7 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
     from embedexp.losses.config import check_loss_fits_data
 
     datamodule = instantiate(data_cfg, seed=seed)
+    datamodule.use_loss(loss)  # batch_sampler=auto and known-positive masking follow the loss
     train_set = datamodule.load()
     pending = None  # a miner that needs the model being trained runs once the model is built
     if miner_cfg is not None and miner_cfg.get("name", "none") != "none":
