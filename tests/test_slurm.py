@@ -143,7 +143,8 @@ def test_two_job_sweep_runs_on_slurm(slurm, tmp_path):
     for num in (0, 1):
         # rank 1 was Slurm's task 1 (its own log file from srun), not a child Lightning started from task 0
         job_id = summary["jobs"][num]["job_id"]
-        rank1 = (sweep / ".submitit" / job_id / f"{job_id}_1_log.err").read_text()
+        logs = sweep / ".submitit" / job_id
+        rank1 = "".join((logs / f"{job_id}_1_log.{ext}").read_text() for ext in ("out", "err"))
         assert "GLOBAL_RANK: 1, MEMBER: 2/2" in rank1, rank1[-2000:]
         assert not (sweep / str(num) / "train_ddp_process_1.log").exists()
     # the same job under local DDP (devices=2 without Slurm: Lightning starts rank 1 itself) trains the same
