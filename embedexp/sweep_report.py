@@ -244,6 +244,16 @@ def _cell(row: dict[str, float | None] | None) -> str:
     return f"{row['tuned']:.4f}" + (f" ({delta:+.4f})" if delta is not None else "")
 
 
+def _short_number(value: str) -> str:
+    """A long float an Optuna trial proposed (8.468008575248323e-05) as 4 significant digits; others unchanged."""
+    if len(value) <= 10:
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def best_job(jobs: list[Job]) -> Job | None:
     """The finished job with the best dev objective (its select.mode), or None when no job has one."""
     scored = [j for j in jobs if j.status == FINISHED and j.objective is not None]
@@ -255,7 +265,7 @@ def best_job(jobs: list[Job]) -> Job | None:
 
 def _best_lines(best: Job, keys: list[str], metrics: list[str]) -> list[str]:
     obj = best.objective
-    setting = " ".join(f"`{k}={value_of(best, k)}`" for k in keys) or "(no swept keys)"
+    setting = " ".join(f"`{k}={_short_number(value_of(best, k))}`" for k in keys) or "(no swept keys)"
     lines = [
         f"**Best job: {best.name}** ({setting}): dev {obj['monitor']} = {obj['value']:.4f} "
         f"({'highest' if obj['mode'] != 'min' else 'lowest'} of the jobs; chosen on the dev set, not on test sets).",
@@ -299,7 +309,7 @@ def markdown(jobs: list[Job], title: str = "Sweep") -> str:
         cells = [
             j.name,
             status,
-            *(value_of(j, k) for k in keys),
+            *(_short_number(value_of(j, k)) for k in keys),
             *objective,
             *(_cell(j.metrics.get(m)) for m in metrics),
         ]
