@@ -517,7 +517,8 @@ class MtebEvaluation:
                         + ([subset] if subset != "default" else [])
                     )
                     prefix = "/".join(parts)
-                    for name, value in entry.items():
+                    ordered = sorted(entry.items(), key=lambda kv: kv[0] != "main_score")  # main_score first
+                    for name, value in ordered:
                         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
                             continue  # labels, lists, and scores mteb could not compute (NaN)
                         if name == "main_score":
