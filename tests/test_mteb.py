@@ -272,6 +272,7 @@ def test_base_and_tuned_never_share_a_cache_entry(tiny_model_dir, cache, monkeyp
     assert key(ev, base) != key(Evaluator(DEMO_SETS, cache_dir=str(cache)), base)
 
     first = ev.evaluate(base, use_cache=True)
+    first_units = ev.last_units
     tuned_r = ev.evaluate(tuned)
     folders = sorted(p.name for p in (Path(os.environ["MTEB_CACHE"]) / "results" / "embedexp__tiny-bert").iterdir())
     assert folders == sorted([base.fingerprint(), tuned.fingerprint()])  # mteb's own cache: one folder per checkpoint
@@ -281,8 +282,13 @@ def test_base_and_tuned_never_share_a_cache_entry(tiny_model_dir, cache, monkeyp
         raise AssertionError("mteb ran again")
 
     monkeypatch.setattr(MtebEvaluation, "run", boom)
-    again = _evaluator(cache, result_cache=True).evaluate(Encoder(str(tiny_model_dir)), use_cache=True)
+    cached_ev = _evaluator(cache, result_cache=True)
+    again = cached_ev.evaluate(Encoder(str(tiny_model_dir)), use_cache=True)
     assert again == first
+    # mteb's per-query / per-pair values come back from the cache too (the statistics of the mteb rows)
+    assert cached_ev.last_units["mteb/demo_sts/main_score"] == first_units["mteb/demo_sts/main_score"]
+    per_query = cached_ev.last_units["mteb/demo_test/ndcg_at_10"]["values"]
+    assert len(per_query) == 30 and abs(sum(per_query) / 30 - first["mteb/demo_test/ndcg_at_10"]) <= 5e-6
 
 
 @pytest.mark.parametrize("entry", ["train", "evaluate"])
@@ -299,7 +305,8 @@ def test_eval_mteb_composes_with_both_entry_points(entry):
         )
     # eval/default's keys: the data preset's eval sets (helpdesk by default) and rerank off
     assert list(cfg.eval.sets) == ["helpdesk_test", "demo_sts"] and cfg.eval.rerank.model is None
-    assert list(cfg.eval.mteb.tasks) == ["SciFact"] and cfg.eval.mteb.local_sets is True
+    # local_sets is off by default since issue 20 (the eval sets were scored twice); was `is True`
+    assert list(cfg.eval.mteb.tasks) == ["SciFact"] and cfg.eval.mteb.local_sets is False
     assert cfg.eval.mteb.local_data.SciFact.root == "/data/scifact"
     assert cfg.eval.mteb.local_data.STSBenchmark.path == "/data/stsb/test.tsv"
 
@@ -312,7 +319,15 @@ def test_train_with_eval_mteb_writes_base_tuned_delta(tmp_path):
     env.update(HOME=str(home), EMBEDEXP_CACHE=str(cache), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     exe = Path(sys.executable).parent / "embedexp-train"
     proc = subprocess.run(
-        [str(exe), "experiment=demo_tiny", "eval=mteb", "eval.mteb.tasks=[]", "logger=none", f"hydra.run.dir={out}"],
+        [
+            str(exe),
+            "experiment=demo_tiny",
+            "eval=mteb",
+            "eval.mteb.tasks=[]",
+            "eval.mteb.local_sets=true",  # the demo sets as mteb tasks (off by default)
+            "logger=none",
+            f"hydra.run.dir={out}",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -327,6 +342,9 @@ def test_train_with_eval_mteb_writes_base_tuned_delta(tmp_path):
         row = metrics[k]
         assert row["base"] is not None and row["tuned"] is not None
         assert row["delta"] == pytest.approx(row["tuned"] - row["base"])
+    # mteb rows with per-item values get the paired statistics (per query / per sentence pair)
+    assert metrics["mteb/demo_test/main_score"]["verdict"] and metrics["mteb/demo_test/main_score"]["n"] == 30
+    assert metrics["mteb/demo_sts/main_score"]["verdict"]
     assert "| mteb/demo_test/main_score |" in (out / "results.md").read_text()
     assert not (home / ".cache" / "mteb").exists()
     assert (cache / "mteb" / "results").is_dir()
