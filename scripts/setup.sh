@@ -4,7 +4,7 @@
 # Quiet: one line per step; pip's errors (and the failing command) still show, and the script stops on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input)
+PIP=(.venv/bin/python -m pip install -qq --disable-pip-version-check --no-input)  # -qq: errors only
 echo "creating .venv ($(python3 --version))"
 python3 -m venv .venv
 "${PIP[@]}" --upgrade pip
