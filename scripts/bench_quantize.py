@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
         "data": f"{args.data} ({args.split}: {len(s.query_ids)} queries, {len(s.doc_ids)} documents)",
         "k": args.k,
         "rescore_multiplier": args.rescore_multiplier,
-        "encode_seconds": round(encode_s, 1),
+        "encode_seconds": round(encode_s, 3),
         "evaluate_seconds": round(time.perf_counter() - t0, 1),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
         f"{__import__('torch').get_num_threads()}",

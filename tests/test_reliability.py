@@ -29,8 +29,15 @@ FAST = ["logger=none", "trainer.enable_progress_bar=false"]
 class FlakyLoss(InfoNCELoss):
     """InfoNCE that goes bad on chosen calls (1-based): a NaN value, or a finite value with a NaN gradient."""
 
-    def __init__(self, temperature: float = 0.05, symmetric: bool = False, bad_calls=(), mode: str = "value") -> None:
-        super().__init__(temperature, symmetric)
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        symmetric: bool = False,
+        mask_known_positives: bool = True,
+        bad_calls=(),
+        mode: str = "value",
+    ) -> None:
+        super().__init__(temperature, symmetric, mask_known_positives)
         self.bad_calls = set(bad_calls)
         self.mode = mode
         self.calls = 0
