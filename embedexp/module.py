@@ -18,20 +18,11 @@ import torch
 from embedexp.distributed.gather import all_reduce_sum_, gather, gather_extra, local_rows, world
 from embedexp.distributed.grad_cache import grad_cache_backward, loss_and_embedding_grads
 from embedexp.errors import ConfigError, NumericalError
+from embedexp.losses.config import loss_attr
 from embedexp.models import Encoder
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 log = logging.getLogger("embedexp.train")
-
-
-def loss_attr(loss: torch.nn.Module, name: str):
-    """An attribute of the loss or of the loss it wraps (Matryoshka)."""
-    while loss is not None:
-        value = getattr(loss, name, None)
-        if value is not None and value is not False:
-            return value
-        loss = getattr(loss, "loss", None)
-    return None
 
 
 def planned_updates(trainer: L.Trainer, manual_accumulate: int = 1) -> int:

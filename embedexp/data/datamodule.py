@@ -30,6 +30,7 @@ from embedexp.data.no_duplicates import KnownPositives, ensure_epoch, row_hashes
 from embedexp.data.resumable import ResumableBatchSampler, ResumableSampler, SourcePlan
 from embedexp.data.train_sets import TrainSet, build_train_set
 from embedexp.errors import ConfigError
+from embedexp.losses.config import loss_attr
 
 Tokenize = Callable[[list[str], str], dict[str, torch.Tensor]]
 log = logging.getLogger(__name__)
@@ -212,8 +213,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         """Read what the batches must serve from the loss (duck-typed; Matryoshka's wrapped loss is looked at
         too): `in_batch_negatives` (picks the no-duplicates sampler for batch_sampler=auto) and
         `mask_known_positives` (adds text_ids/known_ids to each batch)."""
-        self.in_batch_negatives = bool(_loss_attr(loss, "in_batch_negatives"))
-        self.mask_known_positives = bool(_loss_attr(loss, "mask_known_positives")) and self.in_batch_negatives
+        self.in_batch_negatives = bool(loss_attr(loss, "in_batch_negatives"))
+        self.mask_known_positives = bool(loss_attr(loss, "mask_known_positives")) and self.in_batch_negatives
 
     def sampler_kind(self, source: int = 0) -> str:
         """The batch plan of `source`: no_duplicates or random (a source without in-batch negatives: random)."""
@@ -397,16 +398,6 @@ def _plain(value: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     return value
-
-
-def _loss_attr(loss: Any, name: str) -> Any:
-    """An attribute of the loss or of the loss it wraps (Matryoshka), like embedexp.module.loss_attr."""
-    while loss is not None:
-        value = getattr(loss, name, None)
-        if value is not None and value is not False:
-            return value
-        loss = getattr(loss, "loss", None)
-    return None
 
 
 def _redraws(ts: Any) -> bool:

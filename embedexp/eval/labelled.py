@@ -13,12 +13,12 @@ multi-line texts on one line, as `../shared/data/banking77` does).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedexp.errors import ConfigError, DataError
+from embedexp.eval.sets import _hash_files
 
 
 @dataclass
@@ -39,15 +39,6 @@ class ClusteringSet:
     name: str
     sets: list[tuple[list[str], list[str]]] = field(default_factory=list)
     fingerprint: str = ""
-
-
-def _digest(paths: list[Path], extra: str) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(extra.encode())
-    for p in paths:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def read_label_text_tsv(path: Path, unescape_newlines: bool = False) -> tuple[list[str], list[str]]:
@@ -106,7 +97,7 @@ def load_classification_set(name: str, spec: dict, key: str) -> ClassificationSe
     unseen = sorted(set(splits[split][1]) - set(splits[train_split][1]))
     if unseen:
         raise DataError(f"{paths[1]}: label {unseen[0]!r} never occurs in {paths[0]}; a linear probe cannot predict it")
-    return ClassificationSet(name, splits, train_split, split, _digest(paths, f"classification:{unescape}"))
+    return ClassificationSet(name, splits, train_split, split, _hash_files(paths, f"classification:{unescape}"))
 
 
 def load_clustering_set(name: str, spec: dict, key: str) -> ClusteringSet:
@@ -150,4 +141,4 @@ def load_clustering_set(name: str, spec: dict, key: str) -> ClusteringSet:
     for i, (_, labels) in enumerate(sets):
         if len(set(labels)) < 2:
             raise DataError(f"{path}: set {i + 1} has {len(set(labels))} label(s); clustering needs at least 2")
-    return ClusteringSet(name, sets, _digest([path], f"clustering:{unescape}"))
+    return ClusteringSet(name, sets, _hash_files([path], f"clustering:{unescape}"))

@@ -17,6 +17,19 @@ from torch import nn
 from embedexp.errors import ConfigError
 
 
+def loss_attr(loss: Any, name: str) -> Any:
+    """An attribute of the loss or of the loss it wraps (Matryoshka wraps another loss as `.loss`).
+
+    Returns the first value that is neither None nor False, walking inward; None when no layer has one.
+    """
+    while loss is not None:
+        value = getattr(loss, name, None)
+        if value is not None and value is not False:
+            return value
+        loss = getattr(loss, "loss", None)
+    return None
+
+
 def _reprefix(message: str, prefix: str) -> str:
     """Constructors name their keys `loss.<key>`; the config may hold them under `pretrain.loss` or `loss.loss`."""
     return prefix + message[len("loss") :] if prefix != "loss" and message.startswith("loss.") else message
