@@ -42,38 +42,69 @@ DENSE_BUDGET_BYTES = 64 << 20  # dense rows of the most frequent terms, at most 
 
 
 class BM25Index:
-    """rank_bm25.BM25Okapi's statistics over tokenised documents, as a CSR posting matrix of weights."""
+    """rank_bm25.BM25Okapi's statistics over tokenised documents, as a CSR posting matrix of weights.
+
+    Build from token lists (`BM25Index(docs_tokens)`) or, without any per-token Python string, from int32 term
+    ids (`BM25Index.from_ids(*Tokenizer.ids(texts))`); both give the same index. Memory: the postings are
+    int32 document ids + float64 weights (12 bytes per distinct (term, document) pair), built in chunks of
+    `CHUNK` postings, so a corpus of 10^6 documents of ~45 tokens needs well under 1 GB.
+    """
+
+    CHUNK = 1 << 22  # postings per weight-computation chunk (bounds the float64 temporaries to ~32 MB each)
 
     def __init__(self, docs_tokens: list[list[str]], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25) -> None:
-        self.k1, self.b, self.epsilon = k1, b, epsilon
-        n = len(docs_tokens)
-        if n == 0:
-            raise DataError("BM25: the corpus is empty")
         # term ids in order of first appearance: the order rank_bm25 builds (and sums) its idf table in
         vocab: defaultdict[str, int] = defaultdict()
         vocab.default_factory = vocab.__len__  # a new token gets the next id
-        lens = np.fromiter(map(len, docs_tokens), dtype=np.int64, count=n)
+        lens = np.fromiter(map(len, docs_tokens), dtype=np.int64, count=len(docs_tokens))
         tids = np.fromiter(
-            map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int64, count=int(lens.sum())
+            map(vocab.__getitem__, chain.from_iterable(docs_tokens)), dtype=np.int32, count=int(lens.sum())
         )
         vocab.default_factory = None
+        self._build(tids, lens, vocab, k1, b, epsilon)
+
+    @classmethod
+    def from_ids(
+        cls,
+        tids: np.ndarray,
+        lens: np.ndarray,
+        vocab: dict[str, int],
+        k1: float = 1.5,
+        b: float = 0.75,
+        epsilon: float = 0.25,
+    ) -> "BM25Index":
+        """The index of documents given as term ids (`Tokenizer.ids`): tids (sum(lens),) int32 concatenated in
+        document order, lens (n_docs,) tokens per document, vocab token -> id (ids in order of first appearance,
+        which is rank_bm25's idf-table order). Raises DataError for an empty corpus or one without tokens."""
+        index = cls.__new__(cls)
+        index._build(np.asarray(tids, dtype=np.int32), np.asarray(lens, dtype=np.int64), vocab, k1, b, epsilon)
+        return index
+
+    def _build(self, tids: np.ndarray, lens: np.ndarray, vocab: dict[str, int], k1: float, b: float, epsilon: float):
+        self.k1, self.b, self.epsilon = k1, b, epsilon
+        n = len(lens)
+        if n == 0:
+            raise DataError("BM25: the corpus is empty")
         if not vocab:
             raise DataError("BM25: every document is empty after tokenisation")
-        self.vocab = vocab  # a plain mapping now (no default factory)
+        self.vocab = vocab  # a plain mapping (no default factory)
         self.n_docs = n
         self.doc_len = lens
         self.avgdl = int(lens.sum()) / n
-        # term x document counts (tf) as CSR: documents ascending within a term (coo -> csr sums repeats)
-        counts = sp.coo_matrix(
-            (np.ones(len(tids), dtype=np.int64), (tids, np.repeat(np.arange(n, dtype=np.int64), lens))),
-            shape=(len(vocab), n),
-        ).tocsr()
-        counts.sum_duplicates()
+        # document x term counts (tf) straight from the token ids (CSR, duplicates summed), then the transpose:
+        # term x document CSR with documents ascending within a term; int32 indices and counts throughout
+        small = len(tids) < np.iinfo(np.int32).max  # int32 index arrays unless 2^31+ tokens (scipy's own rule)
+        doc_ptr = np.zeros(n + 1, dtype=np.int32 if small else np.int64)
+        np.cumsum(lens, out=doc_ptr[1:])
+        by_doc = sp.csr_matrix(
+            (np.ones(len(tids), dtype=np.int32), tids if small else tids.astype(np.int64), doc_ptr),
+            shape=(n, len(vocab)),
+        )
+        by_doc.sum_duplicates()
+        counts = by_doc.T.tocsr()
+        del by_doc
         counts.sort_indices()
         df = np.diff(counts.indptr).astype(np.int64)
-        terms = np.repeat(np.arange(len(vocab), dtype=np.int64), df)
-        docs = counts.indices.astype(np.int64)
-        tf = counts.data.astype(np.int64)
         # idf exactly as rank_bm25: math.log per value, summed in vocabulary order, negatives -> eps
         idf_of = {int(f): math.log(n - int(f) + 0.5) - math.log(int(f) + 0.5) for f in np.unique(df)}
         idf_list = [idf_of[f] for f in df.tolist()]
@@ -86,11 +117,18 @@ class BM25Index:
         idf[idf < 0] = eps
         self.idf = idf
         self.indptr = counts.indptr.astype(np.int64)
-        self.indices = docs
-        # the per-entry arithmetic of rank_bm25.get_scores, operation for operation
-        q_freq = tf.astype(np.int64)
-        doc_len = lens[docs]
-        self.data = idf[terms] * (q_freq * (k1 + 1) / (q_freq + k1 * (1 - b + b * doc_len / self.avgdl)))
+        self.indices = counts.indices  # int32 document ids (int64 past 2^31 postings)
+        tf = counts.data
+        del counts
+        # the per-entry arithmetic of rank_bm25.get_scores, operation for operation, CHUNK postings at a time
+        self.data = np.empty(len(tf), dtype=np.float64)
+        for lo in range(0, len(tf), self.CHUNK):
+            hi = min(len(tf), lo + self.CHUNK)
+            terms = np.searchsorted(self.indptr, np.arange(lo, hi, dtype=np.int64), side="right") - 1
+            q_freq = tf[lo:hi].astype(np.int64)
+            doc_len = lens[self.indices[lo:hi]]
+            self.data[lo:hi] = idf[terms] * (q_freq * (k1 + 1) / (q_freq + k1 * (1 - b + b * doc_len / self.avgdl)))
+        del tf
         # frequent terms also as dense rows (a row add beats a scatter when a term is in >1/8 of the
         # documents); adding a 0.0 where a document lacks the term is what rank_bm25 does too
         budget = max(0, DENSE_BUDGET_BYTES // (8 * n))
@@ -197,8 +235,9 @@ class BM25Miner(HardNegativeMiner):
         return {**super().scorer_config(), "k1": self.k1, "b": self.b, **scoring, **self.tokenizer.settings()}
 
     def _rank(self, queries, docs, depth, pos_pairs, encoder=None):
-        self._docs_tokens = docs_tokens = self.tokenizer.many(docs)
         q_tokens = self.tokenizer.many(queries)
+        if self.backend != "fast":  # bm25s and rank_bm25 take token lists
+            self._docs_tokens = docs_tokens = self.tokenizer.many(docs)
         if self.backend == "bm25s":
             self._index, idx, scores, pos_scores = rank_bm25s(
                 q_tokens, docs_tokens, depth, pos_pairs, self.k1, self.b, self.bm25s_method, self.show_progress
@@ -209,7 +248,10 @@ class BM25Miner(HardNegativeMiner):
             return rank_reference(
                 q_tokens, docs_tokens, depth, pos_pairs, self.k1, self.b, self.epsilon, self.show_progress
             )
-        self._index = index = BM25Index(docs_tokens, self.k1, self.b, self.epsilon)
+        self._docs_tokens = None  # the fast index needs no token strings (int32 ids instead)
+        tids, lens, vocab = self.tokenizer.ids(docs)
+        self._index = index = BM25Index.from_ids(tids, lens, vocab, self.k1, self.b, self.epsilon)
+        del tids
         q_ids = [index.token_ids(t) for t in q_tokens]
         nq = len(queries)
         # blocks of queries x documents kept under ~128 MB of float64

@@ -7,7 +7,11 @@
 from __future__ import annotations
 
 import re
+from array import array
+from collections import defaultdict
 from typing import Callable
+
+import numpy as np
 
 from embedexp.errors import ConfigError
 
@@ -112,3 +116,28 @@ class Tokenizer:
         if self.pattern == "whitespace" and not self.lowercase and not self._stop and self._stem is None:
             return list(map(str.split, texts))  # the plain `text.split()`, without a Python call per text
         return [self(t) for t in texts]
+
+    def ids(self, texts, vocab: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+        """Tokenise `texts` straight to int32 term ids: no per-token Python string is kept.
+
+        Args:
+            texts: an iterable of texts (tokenised one at a time; only one text's tokens exist at once).
+            vocab: token -> id to start from (copied; new tokens get the next ids); empty by default.
+        Returns:
+            (ids, lengths, vocab): ids (sum(lengths),) int32, every text's term ids concatenated in text order;
+            lengths (n_texts,) int64 tokens per text; vocab token -> id, ids in order of first appearance.
+        """
+        table: defaultdict[str, int] = defaultdict(None, vocab or {})
+        table.default_factory = table.__len__  # a new token gets the next id
+        get = table.__getitem__
+        out = array("i")
+        lengths = array("q")
+        plain = self.pattern == "whitespace" and not self.lowercase and not self._stop and self._stem is None
+        for text in texts:
+            tokens = text.split() if plain else self(text)
+            lengths.append(len(tokens))
+            out.extend(map(get, tokens))
+        table.default_factory = None
+        if len(table) > np.iinfo(np.int32).max:  # pragma: no cover - 2^31 distinct tokens
+            raise ValueError("more than 2^31 distinct tokens")
+        return np.frombuffer(out, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64), table
