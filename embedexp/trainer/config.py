@@ -12,6 +12,7 @@ from embedexp.checks import check_bool, check_choice, check_int, check_number, i
 from embedexp.errors import ConfigError
 
 OPTIM_KEYS = ("lr", "weight_decay", "warmup_ratio", "grad_cache", "skip_bad_batches")  # ours, not lightning.Trainer's
+FSDP_KEY = "fsdp"  # ours too: the FSDP strategy's settings (embedexp.trainer.fsdp), turned into a strategy object
 PRECISIONS = (
     "16-true",
     "16-mixed",
@@ -93,10 +94,40 @@ def check_trainer_config(prefix: str, trainer: Any, batch_size: Any) -> None:
     chunk = gc.get("chunk_size")
     check_int(f"{prefix}.grad_cache.chunk_size", chunk, 1, optional=True)
     check_int(f"{prefix}.grad_cache.anchor_chunk_size", gc.get("anchor_chunk_size"), 1, optional=True)
+    _check_fsdp(prefix, trainer, chunk)
     if chunk is not None and is_int(batch_size) and chunk > batch_size:
         raise ConfigError(
             f"{prefix}.grad_cache.chunk_size={chunk} exceeds data.batch_size={batch_size}; "
             "expected a chunk size <= the (per-device) batch size"
+        )
+
+
+def _check_fsdp(prefix: str, trainer: dict, grad_cache_chunk: Any) -> None:
+    """`strategy: fsdp` needs a GPU accelerator (Lightning's FSDP runs on CUDA only) and no GradCache; a
+    `trainer.fsdp` block needs `strategy: fsdp`."""
+    from embedexp.trainer.fsdp import check_fsdp_config, is_fsdp
+
+    strategy = trainer.get("strategy", "auto")
+    block = trainer.get(FSDP_KEY)
+    check_fsdp_config(f"{prefix}.{FSDP_KEY}", block)
+    if not is_fsdp(strategy):
+        if block is not None:
+            raise ConfigError(
+                f"{prefix}.{FSDP_KEY} is set but {prefix}.strategy={strategy!r}; expected {prefix}.strategy=fsdp "
+                "(trainer=fsdp_gpu) or no fsdp block"
+            )
+        return
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(
+            f"{prefix}.strategy={strategy} with {prefix}.accelerator={accelerator}; Lightning's FSDP runs on CUDA "
+            "GPUs only: expected trainer=fsdp_gpu on a GPU node (on CPUs use trainer=ddp_cpu)"
+        )
+    if grad_cache_chunk is not None:
+        raise ConfigError(
+            f"{prefix}.grad_cache.chunk_size={grad_cache_chunk} with {prefix}.strategy={strategy}; GradCache is not "
+            "supported under FSDP (its chunked backward is tested with DDP's no_sync only): expected "
+            f"{prefix}.grad_cache.chunk_size=null (save memory with model.gradient_checkpointing=true instead)"
         )
 
 
@@ -116,7 +147,8 @@ def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
 
     The values are checked by `check_trainer_config`; a key that is neither ours (OPTIM_KEYS) nor a
     `lightning.Trainer` argument fails with the closest Trainer argument. With GradCache (manual optimisation)
-    clipping and accumulation move to the optimiser side: the module does them itself.
+    clipping and accumulation move to the optimiser side: the module does them itself. `strategy: fsdp` becomes a
+    `lightning.pytorch.strategies.FSDPStrategy` built from the preset's `fsdp:` block (`embedexp.trainer.fsdp`).
     Raises:
         ConfigError: naming the key.
     """
@@ -126,6 +158,7 @@ def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
     check_trainer_config("trainer", raw, None)
     optim = {k: raw.pop(k) for k in OPTIM_KEYS if k in raw}
     raw.pop("name", None)
+    fsdp = raw.pop(FSDP_KEY, None)
     allow_slow_bf16 = raw.pop("allow_slow_bf16", False)
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
     for key in raw:
@@ -139,6 +172,12 @@ def split_trainer_cfg(cfg: Any) -> tuple[dict, dict]:
         optim["accumulate_grad_batches"] = raw.pop("accumulate_grad_batches", 1)
     else:
         optim.pop("grad_cache", None)
+    from embedexp.trainer.fsdp import fsdp_strategy, is_fsdp
+
+    if is_fsdp(raw.get("strategy")):  # Lightning's FSDPStrategy, wrapping the model's transformer blocks
+        if "offload" in raw["strategy"]:  # Lightning's registered "fsdp_cpu_offload"
+            fsdp = {**(fsdp or {}), "cpu_offload": True}
+        raw["strategy"] = fsdp_strategy(fsdp)
     from embedexp.trainer.precision import resolve_cpu_precision
 
     return optim, resolve_cpu_precision(raw, allow_slow_bf16=bool(allow_slow_bf16))
