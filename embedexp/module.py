@@ -17,7 +17,7 @@ import torch
 
 from embedexp.distributed.gather import all_reduce_sum_, gather, gather_extra, local_rows, world
 from embedexp.distributed.grad_cache import grad_cache_backward, loss_and_embedding_grads
-from embedexp.errors import ConfigError, NumericalError
+from embedexp.errors import ConfigError, DataError, NumericalError
 from embedexp.losses.config import loss_attr
 from embedexp.models import Encoder
 
@@ -59,6 +59,33 @@ def guide_embeddings(guide, texts: list[list[str]], kinds, device) -> list[torch
     if guide.device != device:
         guide.to(device)
     return [guide.encode(col, kind, batch_size=len(col)).to(device) for col, kind in zip(texts, kinds)]
+
+
+def teacher_scores(batch) -> torch.Tensor:
+    """The batch's teacher scores (B, n_columns - 1), checked: present and finite.
+
+    Raises:
+        ConfigError: the batch has none (data without pos_scores/neg_scores and no miner.teacher_scores).
+        DataError: a missing (NaN) or infinite score, naming the column and the row's anchor text.
+    """
+    scores = batch.get("scores")
+    if scores is None:
+        raise ConfigError(
+            "the loss distils teacher scores, but this batch has none; expected data with pos_scores/neg_scores "
+            "columns or miner.teacher_scores=true"
+        )
+    bad = (~torch.isfinite(scores)).nonzero()
+    if len(bad):
+        i, j = (int(x) for x in bad[0])
+        columns = ["positive"] + [f"negative_{k}" for k in range(1, scores.shape[1])]
+        anchor = batch["texts"][0][i]
+        shown = anchor if len(anchor) <= 80 else anchor[:77] + "..."
+        raise DataError(
+            f"teacher score of the {columns[j]} is {float(scores[i, j])} in the training row with anchor "
+            f"{shown!r} ({len(bad)} such score(s) in this batch); expected a finite score for the positive and "
+            "every negative (pos_scores/neg_scores of that row, or the miner's teacher)"
+        )
+    return scores
 
 
 class EmbeddingModule(L.LightningModule):
@@ -132,13 +159,16 @@ class EmbeddingModule(L.LightningModule):
         return self._loss_on(embeddings, labels, self._extra(batch, embeddings[0].device))
 
     def _extra(self, batch, device) -> dict:
-        """The loss's keyword arguments beyond the embeddings: guide embeddings (GIST), the text and
+        """The loss's keyword arguments beyond the embeddings: guide embeddings (GIST), the teacher scores
+        (distillation losses, `needs_teacher_scores`), the text and
         known-positive ids for known-positive masking (losses with `mask_known_positives`), and
         `in_batch_negatives=False` for a mixture source trained without in-batch negatives."""
         extra: dict = {}
         guide = loss_attr(self.loss, "guide")
         if guide is not None:
             extra["guide_embeddings"] = guide_embeddings(guide, batch["texts"], batch["kinds"], device)
+        if loss_attr(self.loss, "needs_teacher_scores"):
+            extra["teacher_scores"] = teacher_scores(batch).to(device)
         if loss_attr(self.loss, "mask_known_positives") and "known_ids" in batch:
             extra["text_ids"] = [t.to(device) for t in batch["text_ids"]]
             extra["known_ids"] = batch["known_ids"].to(device)

@@ -43,13 +43,20 @@ def _fit(
 
     from embedexp.checkpointing import ResumableCheckpoint
     from embedexp.curves import CurveKeeper
-    from embedexp.module import EmbeddingModule
     from embedexp.progress import resolved_mode
 
     if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
         loss.attach(encoder)
-    datamodule.set_tokenizer(encoder.tokenize)
-    module = EmbeddingModule(encoder, loss, **optim_kwargs)
+    if model_kind(encoder) == CROSS_ENCODER:
+        from embedexp.rerank_module import RerankModule
+
+        datamodule.set_tokenizer(_no_column_tokens)  # pairs are tokenised together in RerankModule's step
+        module = RerankModule(encoder, loss, **optim_kwargs)
+    else:
+        from embedexp.module import EmbeddingModule
+
+        datamodule.set_tokenizer(encoder.tokenize)
+        module = EmbeddingModule(encoder, loss, **optim_kwargs)
     from embedexp.trainer.progress import FinishBars, LineProgressBar
 
     callbacks = [CurveKeeper(), *callbacks, FinishBars()]  # CurveKeeper first: it starts the CSV file
@@ -72,6 +79,71 @@ def _fit(
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
+
+
+CROSS_ENCODER = "cross_encoder"
+
+
+def model_kind(model_or_cfg) -> str:
+    """ "cross_encoder" or "bi_encoder": a model's (or a `model` preset's `_target_` class's) `kind` attribute."""
+    if hasattr(model_or_cfg, "get") and not isinstance(model_or_cfg, type):
+        from hydra.utils import get_class
+
+        try:
+            model_or_cfg = get_class(str(model_or_cfg.get("_target_")))
+        except Exception:  # an unknown target: instantiate reports it with its own message
+            return "bi_encoder"
+    return CROSS_ENCODER if getattr(model_or_cfg, "kind", None) == CROSS_ENCODER else "bi_encoder"
+
+
+def _no_column_tokens(texts, kind) -> dict:
+    """A cross-encoder batch needs no per-column tokens: RerankModule tokenises (query, document) pairs."""
+    return {}
+
+
+def check_model_fits_loss(cfg: DictConfig, loss, optim_kwargs: dict) -> bool:
+    """A cross-encoder model needs a cross-encoder loss and the reverse, checked before any data or weights load;
+    a cross-encoder run also refuses the options only a bi-encoder run has. Returns True for a cross-encoder run.
+
+    Raises:
+        ConfigError: one line naming the model preset, the loss and what to choose instead.
+    """
+    from embedexp.errors import ConfigError
+    from embedexp.losses.config import loss_attr
+
+    model_name = cfg.model.get("name") or cfg.model.get("model_name_or_path")
+    cross_model = model_kind(cfg.model) == CROSS_ENCODER
+    cross_loss = loss_attr(loss, "kind") == CROSS_ENCODER
+    if cross_model and not cross_loss:
+        raise ConfigError(
+            f"loss={type(loss).__name__} is a bi-encoder (embedding) loss, but model={model_name} is a cross-encoder; "
+            "expected loss=rerank_listwise or loss=rerank_bce (or a bi-encoder model preset such as model=minilm)"
+        )
+    if cross_loss and not cross_model:
+        raise ConfigError(
+            f"loss={type(loss).__name__} trains a cross-encoder (reranker), but model={model_name} is a bi-encoder; "
+            "expected model=cross_encoder_minilm or model=cross_encoder_tiny (or a bi-encoder loss such as loss=infonce)"
+        )
+    if not cross_model:
+        return False
+    if cfg.get("pretrain"):
+        raise ConfigError(
+            "pretrain: is a bi-encoder stage (TSDAE); a cross-encoder run has none: expected pretrain=null"
+        )
+    if optim_kwargs.get("grad_cache"):
+        raise ConfigError(
+            "trainer.grad_cache.chunk_size is set, but GradCache caches embeddings and a cross-encoder has none; "
+            "expected trainer.grad_cache.chunk_size=null (use trainer.accumulate_grad_batches)"
+        )
+    if float(cfg.data.get("dev_fraction") or 0) > 0:
+        raise ConfigError(
+            f"data.dev_fraction={cfg.data.get('dev_fraction')}: dev-set model selection evaluates a bi-encoder; "
+            "expected data.dev_fraction=0 for a cross-encoder run"
+        )
+    from embedexp.eval.reranker_run import check_reranker_eval
+
+    check_reranker_eval(container(cfg.eval))
+    return True
 
 
 def _in_multirun() -> bool:
@@ -150,7 +222,9 @@ def _prepare_data(data_cfg, loss, miner_cfg, seed: int, name: str):
             train_set = miner.mine(train_set)
             datamodule.set_train_set(train_set)
     if pending is None:
-        check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, name)
+        check_loss_fits_data(
+            loss, train_set.columns, train_set.labels is not None, name, getattr(train_set, "has_scores", None)
+        )
     log.info("%s data: %d rows, columns %s", name, len(train_set), train_set.columns)
     return datamodule, train_set, pending
 
@@ -268,16 +342,30 @@ def train(cfg: DictConfig) -> dict:
         return _run_job_alone(out_dir)  # DDP ranks re-run the command line: give them this job's alone
     check_trainable(cfg.model)  # API embedding models can only be evaluated
     loss = instantiate(cfg.loss)
+    cross = check_model_fits_loss(cfg, loss, optim_kwargs)  # model kind vs loss kind: one line, before any data
     data_name = f"data={cfg.data.get('name', '?')}"
     datamodule, train_set, pending_miner = _prepare_data(cfg.data, loss, cfg.miner, cfg.seed, data_name)
+    if cross and pending_miner is not None:
+        from embedexp.errors import ConfigError
+
+        raise ConfigError(
+            f"miner={cfg.miner.get('name')} with a null model mines with the model being trained, a cross-encoder "
+            "here; expected a bi-encoder preset for the miner (+model@miner.model=minilm) or miner=bm25"
+        )
     check_batches(cfg, len(train_set))
     pretrain = cfg.get("pretrain")
     if pretrain:
         pre_loss = instantiate(pretrain.loss)
         pre_data, _, _ = _prepare_data(pretrain.data, pre_loss, None, cfg.seed, "pretrain.data")
         pre_optim, pre_trainer = split_trainer_cfg(OmegaConf.merge(cfg.trainer, pretrain.get("trainer") or {}))
-    evaluator = Evaluator(**container(cfg.eval))
-    selection = _selection(cfg, datamodule, evaluator)
+    if cross:
+        from embedexp.eval.reranker_run import RerankerRunEvaluator
+
+        evaluator = RerankerRunEvaluator(**container(cfg.eval))  # first stage alone / + base / + tuned reranker
+        selection = None
+    else:
+        evaluator = Evaluator(**container(cfg.eval))
+        selection = _selection(cfg, datamodule, evaluator)
 
     # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
@@ -286,7 +374,9 @@ def train(cfg: DictConfig) -> dict:
 
         train_set = pending_miner.mine(train_set, encoder=encoder)
         datamodule.set_train_set(train_set)
-        check_loss_fits_data(loss, train_set.columns, train_set.labels is not None, data_name)
+        check_loss_fits_data(
+            loss, train_set.columns, train_set.labels is not None, data_name, getattr(train_set, "has_scores", None)
+        )
     dims = getattr(loss, "dims", None)
     if dims:
         from embedexp.losses.matryoshka import check_dims
@@ -336,8 +426,13 @@ def train(cfg: DictConfig) -> dict:
 
     # 3. export, then results (results.json marks a finished run)
     model_dir = encoder.save(out_dir / "model")
+    what = (
+        f"{evaluator.first_stage.name} top {evaluator.top_k} reranked by base vs fine-tuned"
+        if cross
+        else "base vs fine-tuned"
+    )
     meta = {
-        "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}: base vs fine-tuned",
+        "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}: {what}",
         "base_model": str(cfg.model.model_name_or_path),
         "model_dir": str(model_dir),
         "loss": type(loss).__name__,
@@ -356,13 +451,21 @@ def train(cfg: DictConfig) -> dict:
             out_dir, encoder, evaluator.mteb, meta["base_model"], cfg.data.get("name"), loss
         )
     extra_md = ""
+    if cross:
+        meta["first_stage"] = evaluator.summary(eval_cb.base, eval_cb.tuned, eval_cb.units)
+        extra_md = evaluator.markdown(eval_cb.base, eval_cb.tuned, meta["first_stage"])
     if selection is not None:
         meta["selection"] = selection.report
         extra_md = _selection_markdown(selection, out_dir)
     rows = write_results(
         out_dir, eval_cb.base, eval_cb.tuned, meta, eval_cb.units, evaluator.texts(), evaluator.stats, extra_md
     )
-    write_model_card(model_dir, rows, meta, evaluator.stats)  # README.md in the model folder, same table
+    if cross:
+        from embedexp.eval.reranker_run import write_reranker_card
+
+        write_reranker_card(model_dir, rows, meta)
+    else:
+        write_model_card(model_dir, rows, meta, evaluator.stats)  # README.md in the model folder, same table
     log_results(loggers, rows, model_dir, meta)  # W&B: summary, table, model artifact; others: no-op
     if not checkpoint.get("keep", False):  # the run is finished: its resume checkpoint is dead weight
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)

@@ -22,7 +22,7 @@ def validate_config(cfg: DictConfig, stage: str = "train") -> None:
     """Every check that needs no data rows and no model weights; raises ConfigError/ModelError."""
     from embedexp.data.config import check_data_config
     from embedexp.eval.config import check_eval_config
-    from embedexp.losses.config import check_loss_config
+    from embedexp.losses.config import check_loss_config, loss_attr
     from embedexp.models.config import check_model_config
     from embedexp.trainer.config import check_trainer_config
 
@@ -37,7 +37,13 @@ def validate_config(cfg: DictConfig, stage: str = "train") -> None:
     needs_model = stage != "mine" or (miner.get("name") == "dense" and miner.get("model") is None)
     model_dim = check_model_config("model", select(cfg, "model")) if needs_model else None
     if stage == "train":
-        check_loss_config("loss", select(cfg, "loss"), model_dim, check_model_config)
+        loss = check_loss_config("loss", select(cfg, "loss"), model_dim, check_model_config)
+        if loss_attr(loss, "needs_teacher_scores") and miner.get("name", "none") != "none":
+            if miner.get("teacher_scores") is not True:  # a miner's rows replace the data's (and its scores)
+                raise ConfigError(
+                    f"loss={type(loss).__name__} distils teacher scores, but miner={miner.get('name')} replaces the "
+                    "data's negatives without scores; expected miner.teacher_scores=true (e.g. miner=cross_encoder)"
+                )
         data = select(cfg, "data")
         check_data_config("data", data)
         check_trainer_config("trainer", select(cfg, "trainer"), data.get("batch_size"))

@@ -74,16 +74,22 @@ def gather_padded(x: torch.Tensor, fill: int = 0) -> torch.Tensor:
     return gather_no_grad(x)
 
 
+ROW_VALUES = ("teacher_scores",)  # (B, n) per-row constants gathered as they are (equal width on every rank)
+
+
 def gather_extra(extra: dict) -> dict:
     """The loss's keyword arguments for the gathered batch: lists of per-column tensors (guide embeddings,
-    text ids) are all-gathered column by column, a (B, K) tensor (known-positive ids) with padding; other
-    values (flags) are passed unchanged. Identity in a single process."""
+    text ids) are all-gathered column by column, per-row values (teacher scores, (B, n)) row by row, another
+    (B, K) tensor (known-positive ids) with padding to the largest K; other values (flags) are passed
+    unchanged. Identity in a single process."""
     if world()[1] == 1:
         return extra
     out = {}
     for key, value in extra.items():
         if isinstance(value, (list, tuple)):
             out[key] = [gather_no_grad(t) for t in value]
+        elif key in ROW_VALUES:
+            out[key] = gather_no_grad(value)
         elif isinstance(value, torch.Tensor) and value.ndim == 2:
             out[key] = gather_padded(value)
         elif isinstance(value, torch.Tensor):

@@ -2,8 +2,10 @@
 
 from embedexp.losses.contrastive import ContrastiveLoss, OnlineContrastiveLoss
 from embedexp.losses.cosine import CosineSimilarityLoss
+from embedexp.losses.distill_kl import DistillKLLoss
 from embedexp.losses.gist import GISTLoss
 from embedexp.losses.infonce import InfoNCELoss
+from embedexp.losses.margin_mse import MarginMSELoss
 from embedexp.losses.matryoshka import MatryoshkaLoss
 from embedexp.losses.triplet import TripletLoss
 from embedexp.losses.tsdae import TSDAELoss
@@ -17,4 +19,6 @@ __all__ = [
     "TSDAELoss",
     "GISTLoss",
     "MatryoshkaLoss",
+    "MarginMSELoss",
+    "DistillKLLoss",
 ]

@@ -110,11 +110,15 @@ def check_loss_config(
     return built
 
 
-def check_loss_fits_data(loss: Any, columns: tuple[str, ...], has_labels: bool, data_name: str) -> None:
-    """The loss's required columns (its `columns` attribute) must be the first columns the data gives.
+def check_loss_fits_data(
+    loss: Any, columns: tuple[str, ...], has_labels: bool, data_name: str, has_scores: bool | None = None
+) -> None:
+    """The loss's required columns (its `columns` attribute) must be the first columns the data gives, and a
+    distillation loss (`needs_teacher_scores`) needs data with teacher scores (`has_scores`; None = not known).
 
     Raises:
-        ConfigError: naming the loss, the columns it needs and the columns `data_name` gives.
+        ConfigError: naming the loss, the columns it needs and the columns `data_name` gives, or the missing
+            teacher scores.
     """
     need = tuple(getattr(loss, "columns", ()))
     if columns[: len(need)] != need:
@@ -124,3 +128,9 @@ def check_loss_fits_data(loss: Any, columns: tuple[str, ...], has_labels: bool, 
         )
     if getattr(loss, "needs_labels", False) and not has_labels:
         raise ConfigError(f"loss={type(loss).__name__} needs labels, but data={data_name} has none")
+    if has_scores is False and loss_attr(loss, "needs_teacher_scores"):
+        raise ConfigError(
+            f"loss={type(loss).__name__} distils teacher scores, but {data_name} has none; expected data with "
+            "pos_scores/neg_scores columns (data=table, e.g. FlagEmbedding jsonl) or a miner with "
+            "miner.teacher_scores=true (e.g. miner=cross_encoder)"
+        )
