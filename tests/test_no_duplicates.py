@@ -180,3 +180,140 @@ def test_bad_batch_sampler_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="data.batch_sampler='nodup'"):
         EmbeddingDataModule({"format": "pairs", "path": "x"}, batch_sampler="nodup")
+
+
+# ---------------------------------------------------------------- hashes straight from Arrow (issue 17, scale)
+def _per_row(ts, epoch):
+    """The per-row reference: text_hash of every text of `ts.get(i)` at `epoch` (the sampler's former path)."""
+    ts.set_epoch(epoch)
+    return np.array([[text_hash(t) for t in ts.get(i)] for i in range(len(ts))], dtype=np.int64)
+
+
+def test_hash_strings_equals_text_hash_for_unicode_white_space_and_nulls():
+    import pyarrow as pa
+
+    from embedexp.data.no_duplicates import hash_strings
+
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]  # every char Python's str.split() splits on
+    joined = pa.array([f"{s}a{s}{s}b{s}" for s in spaces] + ["a b", "a\u200bb"])  # zero-width space: not white
+    h = hash_strings(joined)
+    assert (h[:-1] == text_hash("a b")).all() and h[-1] != text_hash("a b")
+    rng = np.random.default_rng(0)
+    alphabet = list("aZ é\u0301\t\n\x0b\x1c\u3000\u00a0\u2028\u00c5\u212b") + ["\U0001f600", "ß"]
+    texts = ["".join(rng.choice(alphabet, size=rng.integers(0, 12))) for _ in range(2000)] + [None, ""]
+    chunked = pa.chunked_array([pa.array(texts[:700]), pa.array(texts[700:])])
+    expected = [text_hash(t) if t is not None else 0 for t in texts]
+    assert hash_strings(chunked, batch=97).tolist() == expected
+    assert hash_strings(pa.array(texts, pa.large_string()).slice(5)).tolist() == expected[5:]  # offset, large
+
+
+def _flag_unicode_rows():
+    """FlagEmbedding rows: 1..5 negatives, two positives on odd rows, unicode/white-space variants of shared
+    texts (the same text after NFC and white-space collapsing), a prompt column."""
+    variants = ["caf\u00e9  au lait", "cafe\u0301 au\tlait", " café au lait\n", "Café au lait"]
+    rows = []
+    for r in range(9):
+        n = 1 + r % 5
+        rows.append(
+            {
+                "query": f"query {r % 4}",
+                "pos": [variants[r % 4], f"p{r}\u3000x"] if r % 2 else [variants[(r + 1) % 4]],
+                "neg": [variants[(r + j) % 4] if j % 2 else f"n{r}_{j}" for j in range(n)],
+                "prompt": "Represent: ",
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"negatives_per_row": 3},  # sampled negatives (with replacement below 3): draws change per epoch
+        {"negatives_per_row": 1, "positives": "all"},
+        {"negatives_per_row": 2, "positives": "sample"},
+        {},  # k = the fewest negatives (1): rows with more negatives sample one
+    ],
+    ids=["k3", "all", "sample", "min"],
+)
+def test_table_row_hashes_equal_the_per_row_hashes(tmp_path, spec):
+    from embedexp.data.train_sets import build_train_set
+
+    path = tmp_path / "flag.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _flag_unicode_rows()))
+    ts = build_train_set({"format": "table", "path": str(path), "cache_dir": str(tmp_path / "hf"), **spec}, seed=5)
+    for epoch in (0, 1, 2):
+        new = row_hashes(ts, epoch)
+        old = _per_row(ts, epoch)
+        assert new.dtype == np.int64 and np.array_equal(new, old), epoch
+        order = np.random.default_rng(epoch).permutation(len(ts))
+        sizes = batch_sizes(len(ts), 3, 1, False)
+        a, b = plan_no_duplicates(new, order, sizes), plan_no_duplicates(old, order, sizes)
+        assert [x.tolist() for x in a.batches] == [x.tolist() for x in b.batches]  # the sampler's output
+
+
+def test_table_row_hashes_of_scalar_passage_and_labelled_tables(tmp_path):
+    from embedexp.data.train_sets import build_train_set
+
+    def build(name, text, **spec):
+        (tmp_path / name).write_text(text)
+        return build_train_set(
+            {"format": "table", "path": str(tmp_path / name), "cache_dir": str(tmp_path / "hf"), **spec}, seed=0
+        )
+
+    csv = build("t.csv", "anchor,positive,negative\nq  1,a\u00a0b,a b\nq 1,x,\u00c5\nq2,y,\u212b\n")
+    tev = {
+        "query": "what purrs",
+        "positive_passages": [{"title": "Cats", "text": "cats purr"}],
+        "negative_passages": [{"title": "", "text": "dogs bark"}, {"title": "Cars", "text": "vroom"}],
+    }
+    tevatron = build("tev.jsonl", json.dumps(tev) + "\n" + json.dumps({**tev, "query": "who barks"}) + "\n")
+    labelled = build("l.csv", "sentence1,sentence2,label\na,b,1\nc  d,c d,0\n")
+    for ts in (csv, tevatron, labelled):
+        assert np.array_equal(row_hashes(ts, 0), _per_row(ts, 0))
+    assert row_hashes(csv, 0)[0, 1] == row_hashes(csv, 0)[0, 2]  # "a\u00a0b" and "a b": one text
+
+
+def test_table_row_hashes_are_cached_by_fingerprint_and_epoch(tmp_path, monkeypatch):
+    from embedexp.data.table_rows import TableRows
+    from embedexp.data.train_sets import build_train_set
+
+    path = tmp_path / "flag.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _flag_unicode_rows()))
+
+    def build(**spec):
+        return build_train_set({"format": "table", "path": str(path), "cache_dir": str(tmp_path / "hf"), **spec})
+
+    first = {e: row_hashes(build(negatives_per_row=3), e) for e in (0, 1)}
+    files = sorted(p.name for p in (tmp_path / "hf" / "embedexp_row_hashes").glob("*.npy"))
+    assert len(files) == 2 and files[0].endswith("-e0-v1.npy") and files[1].endswith("-e1-v1.npy")
+
+    def fail(self, epoch):
+        raise AssertionError("hashed again instead of loading the cache")
+
+    monkeypatch.setattr(TableRows, "_hash_rows", fail)
+    again = build(negatives_per_row=3)  # a second run (or another rank): loads, same arrays
+    assert all(np.array_equal(row_hashes(again, e), first[e]) for e in (0, 1))
+    with pytest.raises(AssertionError, match="hashed again"):  # another draw setting: another key
+        row_hashes(build(negatives_per_row=2), 0)
+    monkeypatch.undo()
+    static = build(negatives_per_row=1, positives="all")
+    static.rows.draws_vary = lambda: False  # a fixed draw: one file for every epoch
+    row_hashes(static, 0)
+    assert any(p.name.endswith("-static-v1.npy") for p in (tmp_path / "hf" / "embedexp_row_hashes").iterdir())
+
+
+def test_positive_scores_only_pad_the_drawn_negatives_with_nan(tmp_path):
+    """The draw (`TableRows._pick`, shared by rows and hashes) with teacher scores on the positive side only."""
+    from embedexp.data.train_sets import build_train_set
+
+    path = tmp_path / "f.jsonl"
+    rows = [
+        {"query": f"q{r}", "pos": [f"p{r}"], "neg": [f"n{r}_{j}" for j in range(3)], "pos_scores": [0.5]}
+        for r in range(3)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ts = build_train_set(
+        {"format": "table", "path": str(path), "cache_dir": str(tmp_path / "hf"), "negatives_per_row": 2}
+    )
+    scores = ts.scores(0)
+    assert len(ts.get(0)) == 4 and scores[0] == 0.5 and len(scores) == 3 and np.isnan(scores[1:]).all()

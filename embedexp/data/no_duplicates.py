@@ -17,7 +17,10 @@ negative: the two rows train against each other. Two complementary defences live
 
 Texts are compared by `text_hash`: a 63-bit xxh3 hash of the NFC-normalised text with runs of white space
 collapsed (case is kept). Hashes are stored as int64 numpy arrays, one row per training row, so a million
-rows cost 8 bytes per column each and no per-row Python objects are kept.
+rows cost 8 bytes per column each and no per-row Python objects are kept. Table-backed sets
+(embedexp.data.table_rows) hash straight from their Arrow columns (`hash_strings`: normalised with Arrow
+compute kernels, one xxh3 call per text on the Arrow buffer, a record batch at a time) and cache the result
+by their fingerprint; `row_hashes` falls back to reading rows one by one for list-backed sets.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import xxhash
 
 log = logging.getLogger(__name__)
@@ -48,13 +53,61 @@ def text_hash(text: str) -> int:
     return h or 1
 
 
+# Python's str.split() white space (every c with c.isspace()), as an RE2 class for Arrow's regex kernels
+WHITESPACE_RE = (
+    r"[\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+"
+)
+HASH_VERSION = 1  # part of cached hashes' keys: bump when `normalise` / `text_hash` change
+BATCH = 1 << 16  # texts normalised and hashed per step of `hash_strings`
+
+
+def hash_strings(texts: pa.Array | pa.ChunkedArray, batch: int = BATCH) -> np.ndarray:
+    """(len(texts),) int64: `text_hash` of every string of an Arrow string array; PAD (0) where null.
+
+    Equal to `[text_hash(t) for t in texts.to_pylist()]` without making Python strings: each record batch of
+    `batch` texts is NFC-normalised (`utf8_normalize`), white space runs (Python's `str.isspace` set) replaced
+    by one space and the ends trimmed with Arrow kernels, then xxh3 runs on each text's UTF-8 bytes in the
+    Arrow buffer. Memory: the output plus one normalised batch.
+    """
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    out = np.empty(len(texts), dtype=np.uint64)
+    null = np.zeros(len(texts), dtype=bool)
+    pos = 0
+    digest = xxhash.xxh3_64_intdigest
+    for chunk in chunks:
+        for lo in range(0, len(chunk), batch):
+            part = chunk.slice(lo, batch)
+            if not pa.types.is_large_string(part.type):
+                part = part.cast(pa.large_string())
+            norm = pc.utf8_trim(pc.replace_substring_regex(pc.utf8_normalize(part, "NFC"), WHITESPACE_RE, " "), " ")
+            n = len(norm)
+            _, off_buf, data_buf = norm.buffers()
+            offsets = np.frombuffer(off_buf, dtype=np.int64)[norm.offset : norm.offset + n + 1].tolist()
+            data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+            out[pos : pos + n] = np.fromiter(
+                (digest(data[a:b]) for a, b in zip(offsets[:-1], offsets[1:])), dtype=np.uint64, count=n
+            )
+            if norm.null_count:
+                null[pos : pos + n] = np.asarray(norm.is_null(), dtype=bool)
+            pos += n
+    h = (out & np.uint64(_MASK63)).view(np.int64)
+    h[h == 0] = 1  # text_hash never returns 0 (PAD)
+    h[null] = PAD
+    return h
+
+
 def row_hashes(train_set: Any, epoch: int | None = None) -> np.ndarray:
     """(N, n_columns) int64: `text_hash` of every text of every row (`train_set.get(i)`).
 
     `epoch`: for train sets that re-draw texts per epoch (`set_epoch`), the epoch whose texts are hashed.
+    Table-backed sets (rows with a `row_hashes(epoch)` method and no per-row transform) compute them from
+    their Arrow columns (vectorised, cached by their fingerprint); other sets read row by row.
     """
     if epoch is not None:
         ensure_epoch(train_set, epoch)
+    rows = getattr(train_set, "rows", train_set)
+    if hasattr(rows, "row_hashes") and getattr(train_set, "transform", None) is None:
+        return rows.row_hashes(epoch)
     n, width = len(train_set), len(train_set.columns)
     out = np.empty((n, width), dtype=np.int64)
     for i in range(n):

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,6 +82,9 @@ class _Checker:
 class TableRows(Sequence):
     """Rows of a training table, drawn per epoch; see the module docstring.
 
+    `cache_dir` (data.train.cache_dir, datasets' Arrow cache): where `row_hashes` keeps the text hashes of the
+    no-duplicates sampler (a folder `embedexp_row_hashes` in it); None: kept in memory only.
+
     Raises (on construction):
         DataError: a column of the wrong type, or (on_error=raise) a row with a missing/empty text, no
             positive, fewer negatives than k with short_negatives=fail, or scores not matching the texts.
@@ -97,6 +102,7 @@ class TableRows(Sequence):
         positives: str = "first",
         seed: int = 0,
         on_error: str = "raise",
+        cache_dir: str | None = None,
     ) -> None:
         if positives not in POSITIVES:
             raise ConfigError(f"data.train.positives={positives!r}; expected one of {', '.join(POSITIVES)}")
@@ -193,6 +199,8 @@ class TableRows(Sequence):
         self.has_scores = bool(mapping.pos_scores or mapping.neg_scores)
         self._cols = {c: self.table.column(c) for c in self.shapes}
         self._cache: tuple[tuple[int, int], tuple, tuple | None] | None = None
+        self._hash_memo: tuple[str, np.ndarray] | None = None
+        self.cache_dir = cache_dir
         self.skipped = n - len(keep)
 
     # ---------------------------------------------------------------- checks (vectorised, chunk by chunk)
@@ -328,29 +336,145 @@ class TableRows(Sequence):
         if not 0 <= i < len(self):
             raise IndexError(i)
         r = int(self.index[i])
-        j = int(self.pos_index[i]) if self.pos_index is not None else -1
         m = self.mapping
-        rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + r) * 131 + j + 1)
         anchor = self._cols[m.anchor][r].as_py()
         if m.prompt:
             anchor = (self._cols[m.prompt][r].as_py() or "") + anchor
         pos = self._texts(m.positive, r)
-        p = j if j >= 0 else (0 if self.positives != "sample" else rng.randrange(len(pos)))
         negs = self._texts(m.negatives, r) if m.negatives else []
-        n, k = len(negs), self.k
+        p, pick = self._pick(i)
+        texts = (anchor, pos[p], *(negs[q] for q in pick))
+        scores = None
+        if self.has_scores:
+            ps, ns = self._scores(m.pos_scores, r), self._scores(m.neg_scores, r)
+            scores = (ps[p] if ps else math.nan, *((ns[q] for q in pick) if ns else (math.nan,) * self.k))
+        self._cache = (key, texts, scores)
+        return texts, scores
+
+    def _pick(self, i: int) -> tuple[int, list[int]]:
+        """Set row i's draw for the current epoch: (which of its positives, which of its negatives), seeded by
+        (seed, epoch, table row, positive) so a resumed run and `row_hashes` draw the same."""
+        r = int(self.index[i])
+        j = int(self.pos_index[i]) if self.pos_index is not None else -1
+        rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + r) * 131 + j + 1)
+        p = j if j >= 0 else (0 if self.positives != "sample" else rng.randrange(int(self.n_pos[r])))
+        n, k = int(self.n_neg[r]), self.k
         if n == k:
             pick = list(range(n))
         elif n > k:
             pick = rng.sample(range(n), k)
         else:
             pick = rng.sample(list(range(n)) * math.ceil(k / n), k)
-        texts = (anchor, pos[p], *(negs[q] for q in pick))
-        scores = None
-        if self.has_scores:
-            ps, ns = self._scores(m.pos_scores, r), self._scores(m.neg_scores, r)
-            scores = (ps[p] if ps else math.nan, *((ns[q] for q in pick) if ns else (math.nan,) * k))
-        self._cache = (key, texts, scores)
-        return texts, scores
+        return p, pick
+
+    def draws_vary(self) -> bool:
+        """Whether the texts drawn for a row depend on the epoch (sampled positives or negatives)."""
+        if self.positives == "sample" and (self.n_pos[self.index] > 1).any():
+            return True
+        return self.k > 0 and bool((self.n_neg[self.index] != self.k).any())
+
+    # ---------------------------------------------------------------- text hashes (no-duplicates sampler)
+    def row_hashes(self, epoch: int | None = None) -> np.ndarray:
+        """(len(self), len(self.columns)) int64: `text_hash` of every drawn text (epoch `epoch`, default the
+        current one), equal to hashing `self[i]` row by row but computed from the Arrow columns
+        (`hash_strings`, a record batch at a time) without materialising rows. Kept in memory while the draw
+        does not change and, with `cache_dir`, saved as .npy keyed by `fingerprint()`, the epoch (when draws
+        vary) and HASH_VERSION, so a second run or another DDP rank loads it instead of hashing again."""
+        from embedexp.data.no_duplicates import HASH_VERSION
+
+        epoch = self.epoch if epoch is None else int(epoch)
+        tag = f"e{epoch}" if self.draws_vary() else "static"
+        if self._hash_memo is not None and self._hash_memo[0] == tag:
+            return self._hash_memo[1]
+        path = None
+        if self.cache_dir:
+            path = Path(self.cache_dir) / "embedexp_row_hashes" / f"{self.fingerprint()}-{tag}-v{HASH_VERSION}.npy"
+            if path.is_file():
+                try:
+                    out = np.load(path)
+                except (OSError, ValueError):  # a damaged file: hash again and overwrite it
+                    out = None
+                if out is not None and out.shape == (len(self), len(self.columns)):
+                    self._hash_memo = (tag, out)
+                    return out
+        out = self._hash_rows(epoch)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
+                np.save(tmp, out)
+                os.replace(tmp, path)  # atomic: a concurrent rank reads a whole file or none
+            except OSError as e:
+                log.warning("could not cache the row hashes in %s (%s); continuing without", path.parent, e)
+        self._hash_memo = (tag, out)
+        return out
+
+    def _column_hashes(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(counts, starts, flat) over table rows: row t's texts of column `name` are
+        flat[starts[t] : starts[t] + counts[t]] (text columns: one each)."""
+        from embedexp.data.no_duplicates import hash_strings, text_hash
+
+        col = self.table.column(name)
+        n = self.table.num_rows
+        shape = self.shapes[name]
+        if shape == "text":
+            return np.ones(n, dtype=np.int64), np.arange(n, dtype=np.int64), hash_strings(col)
+        counts = np.asarray(pc.fill_null(pc.list_value_length(col), 0), dtype=np.int64)
+        starts = np.zeros(n, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        parts = []
+        for chunk in col.chunks:
+            values = pc.list_flatten(chunk)  # null lists contribute nothing (their count is 0)
+            if shape == "list":
+                parts.append(hash_strings(values))
+            else:  # {title, text} passages: doc_text joins them (rare format, per passage)
+                parts.append(np.array([text_hash(doc_text(v)) for v in values.to_pylist()], dtype=np.int64))
+        flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return counts, starts, flat
+
+    def _hash_rows(self, epoch: int) -> np.ndarray:
+        m = self.mapping
+        rows = self.index
+        n, k = len(rows), self.k
+        out = np.empty((n, len(self.columns)), dtype=np.int64)
+        if m.prompt:
+            from embedexp.data.no_duplicates import hash_strings
+
+            anchor = pc.binary_join_element_wise(
+                pc.fill_null(self.table.column(m.prompt), ""), self._cols[m.anchor], ""
+            )
+            out[:, 0] = hash_strings(anchor)[rows]
+        else:
+            out[:, 0] = self._column_hashes(m.anchor)[2][rows]
+        if self.draws_vary():  # the seeded per-row draw (as `_draw`), on counts only: no texts are read
+            saved = self.epoch
+            self.epoch = epoch
+            try:
+                draws = [self._pick(i) for i in range(n)]
+            finally:
+                self.epoch = saved
+            p = np.fromiter((d[0] for d in draws), dtype=np.int64, count=n)
+            pick = np.array([d[1] for d in draws], dtype=np.int64).reshape(n, k)
+            del draws
+        else:
+            p = self.pos_index if self.pos_index is not None else np.zeros(n, dtype=np.int64)
+            pick = np.broadcast_to(np.arange(k, dtype=np.int64), (n, k))
+        out[:, 1] = self._gather(m.positive, rows, p)
+        if k:
+            out[:, 2:] = self._gather(m.negatives, np.repeat(rows, k), pick.reshape(-1)).reshape(n, k)
+        return out
+
+    def _gather(self, names: list[str], rows: np.ndarray, which: np.ndarray) -> np.ndarray:
+        """Hash of text number `which[i]` of table row `rows[i]`, texts counted across `names` in order."""
+        res = np.zeros(len(rows), dtype=np.int64)
+        before = np.zeros(len(rows), dtype=np.int64)
+        for name in names:
+            counts, starts, flat = self._column_hashes(name)
+            c = counts[rows]
+            sel = (which >= before) & (which < before + c)
+            res[sel] = flat[starts[rows[sel]] + which[sel] - before[sel]]
+            before += c
+        return res
 
     def __len__(self) -> int:
         return len(self.index)
@@ -394,7 +518,7 @@ class TableRows(Sequence):
         pos = np.asarray(positions, dtype=np.int64)
         out.index = self.index[pos]
         out.pos_index = self.pos_index[pos] if self.pos_index is not None else None
-        out._cache = None
+        out._cache = out._hash_memo = None
         return out
 
     def fingerprint(self) -> str:

@@ -255,6 +255,7 @@ def table_rows(spec: dict, seed: int = 0, on_error: str = "raise") -> TrainSet:
         positives=spec.get("positives", "first"),
         seed=seed,
         on_error=on_error,
+        cache_dir=spec.get("cache_dir"),
     )
     info = {
         "source": what,
