@@ -35,6 +35,12 @@ def _tiny_bert_path(seed: int = 0) -> str:
     return str(tiny_bert_path(seed=int(seed)))
 
 
+def _tiny_decoder_path(family: str = "qwen2", seed: int = 0) -> str:
+    from embedexp.models.tiny import tiny_decoder_path
+
+    return str(tiny_decoder_path(family=str(family), seed=int(seed)))
+
+
 def _demo_data_path() -> str:
     return str(Path(__file__).resolve().parent / "data" / "demo")
 
@@ -44,10 +50,12 @@ def _helpdesk_data_path() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers used by conf/: ${minilm_path:}, ${tiny_bert_path:}, ${demo_data_path:}, ${helpdesk_data_path:}."""
+    """Resolvers used by conf/: ${minilm_path:}, ${tiny_bert_path:}, ${tiny_decoder_path:qwen2,0},
+    ${demo_data_path:}, ${helpdesk_data_path:}."""
     for name, fn in {
         "minilm_path": _minilm_path,
         "tiny_bert_path": _tiny_bert_path,
+        "tiny_decoder_path": _tiny_decoder_path,
         "demo_data_path": _demo_data_path,
         "helpdesk_data_path": _helpdesk_data_path,
     }.items():

@@ -12,9 +12,28 @@ from typing import Any
 
 from embedexp.checks import check_bool, check_choice, check_int, is_int
 from embedexp.errors import ConfigError, ModelError
-from embedexp.models.encoder import _looks_like_path, check_model_folder
+from embedexp.models.encoder import TORCH_DTYPES, _looks_like_path, check_model_folder
 from embedexp.models.limits import check_max_seq_length, folder_limit
+from embedexp.models.lora import peft_settings, resolve_targets
 from embedexp.models.pooling import POOLING_MODES
+
+# the keys `embedexp.models.Encoder` takes (its constructor's arguments)
+ENCODER_KEYS = (
+    "_target_",
+    "name",
+    "model_name_or_path",
+    "pooling",
+    "normalize",
+    "max_seq_length",
+    "query_prefix",
+    "document_prefix",
+    "trust_remote_code",
+    "expected_dim",
+    "task",
+    "peft",
+    "gradient_checkpointing",
+    "torch_dtype",
+)
 
 
 def model_dim_of(model: dict) -> int | None:
@@ -38,7 +57,9 @@ def check_model_config(prefix: str, model: Any) -> int | None:
 
     Reads only the folder's small files (config.json, tokenizer config) when `model_name_or_path` is a local folder.
     Raises:
-        ConfigError: a key of the wrong type or range, `max_seq_length` above the model's position limit.
+        ConfigError: a key of the wrong type or range, a key the Encoder does not take, `max_seq_length` above the
+            model's position limit, bad `peft` settings (`embedexp.models.lora.peft_settings`), LoRA target
+            modules the model does not have (checked on a weightless copy of a local folder's architecture).
         ModelError: a folder without weights/tokenizer, code in the folder without trust_remote_code, a hidden size
             other than the preset's `expected_dim`.
     """
@@ -47,6 +68,18 @@ def check_model_config(prefix: str, model: Any) -> int | None:
     name = model.get("model_name_or_path")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{prefix}.model_name_or_path={name!r}; expected a model folder")
+    is_encoder = str(model.get("_target_", "embedexp.models.Encoder")) in ("embedexp.models.Encoder", "")
+    if is_encoder:
+        for key in model:
+            if key not in ENCODER_KEYS:
+                raise ConfigError(
+                    f"{prefix}.{key} is not a model setting; expected one of {', '.join(ENCODER_KEYS[1:])}"
+                )
+    peft = peft_settings(f"{prefix}.peft", model.get("peft"))
+    check_bool(f"{prefix}.gradient_checkpointing", model.get("gradient_checkpointing"))
+    dtype = model.get("torch_dtype")
+    if dtype is not None and dtype not in TORCH_DTYPES:
+        raise ConfigError(f"{prefix}.torch_dtype={dtype!r}; expected one of {', '.join(TORCH_DTYPES)} or null")
     check_choice(f"{prefix}.pooling", model.get("pooling", "mean"), POOLING_MODES)
     check_bool(f"{prefix}.normalize", model.get("normalize"))
     check_int(f"{prefix}.max_seq_length", model.get("max_seq_length", 256), 1)
@@ -70,7 +103,20 @@ def check_model_config(prefix: str, model: Any) -> int | None:
                 f"model folder {path} has hidden size {actual}, but {prefix}.{key}={stated}; "
                 "expected the preset's dim to match the weights"
             )
+        if peft is not None and isinstance(peft["target_modules"], list):
+            _check_targets(f"{prefix}.peft", path, peft["target_modules"], bool(model.get("trust_remote_code")))
     return model_dim_of(model)
+
+
+def _check_targets(prefix: str, path: Path, targets: list[str], trust_remote_code: bool) -> None:
+    """LoRA target modules against the folder's architecture, built weightless on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    resolve_targets(f"{prefix}", skeleton, targets)
 
 
 def _check_remote_code(prefix: str, path: Path, trusted: bool) -> None:

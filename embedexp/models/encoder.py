@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedexp.errors import ConfigError, ModelError
-from embedexp.models import cpu_dropout
+from embedexp.models import cpu_dropout, lora
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.pooling import POOLING_MODES, pool
 from embedexp.progress import progress_bar
@@ -35,6 +35,31 @@ _WEIGHT_FILES = (
 )
 _ENCODE_BLOCK = 32  # batches tokenised per bulk call in encode()
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+TORCH_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _dtype_kwarg() -> str:
+    """transformers >= 4.56 names from_pretrained's load dtype `dtype` (`torch_dtype` is deprecated there)."""
+    from transformers import __version__
+
+    return "dtype" if tuple(int(x) for x in __version__.split(".")[:2]) >= (4, 56) else "torch_dtype"
+
+
+def _rotary(config) -> bool:
+    """True for models with rotary position embeddings (transformers 5: rope_parameters; 4.x: rope_theta)."""
+    return getattr(config, "rope_parameters", None) is not None or getattr(config, "rope_theta", None) is not None
+
+
+def _plain(value):
+    """An OmegaConf node (Hydra passes DictConfig/ListConfig to _target_ constructors) -> plain Python."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return value
 
 
 def check_model_folder(path: Path) -> None:
@@ -66,17 +91,29 @@ class Encoder(nn.Module):
         expected_dim: the embedding size the preset promises; a loaded model of another size is a ModelError.
         task: the retrieval instruction of instruct models (e5-mistral, gte-Qwen2); the preset puts it into
             query_prefix, it is kept here for the record only.
+        peft: LoRA adapters (`embedexp.models.lora`): {method: lora, r, alpha, dropout, target_modules, bias};
+            None or r=None trains every weight. With LoRA only the adapter weights require grad, and `save`
+            writes the merged model plus the adapter alone in `<export>/adapter/`.
+        gradient_checkpointing: Hugging Face's activation checkpointing (non-reentrant; dropout masks are
+            replayed from the saved RNG state, so gradients equal the plain step's): recomputes each layer's
+            activations in backward instead of keeping them.
+        torch_dtype: load the weights as "float32" | "bfloat16" | "float16" (None: as transformers loads them,
+            float32); embeddings from `encode` are float32 whatever the dtype.
 
     Raises:
         ConfigError: unknown pooling, or max_seq_length not a positive integer or above the model's limit
             (position table, minus RoBERTa's padding offset, or the tokenizer's model_max_length; see
-            `embedexp.models.limits`), checked before the weights load.
+            `embedexp.models.limits`), checked before the weights load; bad peft settings or torch_dtype;
+            gradient checkpointing on a model that does not support it.
         ModelError: the folder or hub name cannot be loaded, or expected_dim differs from the model.
 
     With ``pooling="last_token"`` every text ends with the tokenizer's EOS token, the token decoder embedders
     (e5-mistral, gte-Qwen2) were trained to summarise the text into, also where the tokenizer does not append it
     (transformers 5 ignores ``add_eos_token: true`` in these models' tokenizer_config.json); a text longer
-    than max_seq_length keeps max_seq_length - 1 tokens plus EOS. See `ensure_eos`.
+    than max_seq_length keeps max_seq_length - 1 tokens plus EOS. See `ensure_eos`. Such decoders with rotary
+    positions (Qwen2, Mistral, Llama: attention sees only relative positions, so padding on either side gives
+    the same embeddings) pad on the left, as e5-mistral and gte-Qwen2 do; the pooled EOS is every row's last
+    column. Models with absolute positions (BERT) keep their tokenizer's padding side.
     """
 
     def __init__(
@@ -91,6 +128,9 @@ class Encoder(nn.Module):
         name: str | None = None,
         expected_dim: int | None = None,
         task: str | None = None,
+        peft: dict | None = None,
+        gradient_checkpointing: bool = False,
+        torch_dtype: str | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -107,15 +147,26 @@ class Encoder(nn.Module):
         self.prefixes = {"query": query_prefix or "", "document": document_prefix or ""}
         self.trust_remote_code = bool(trust_remote_code)
         self.task = task
+        self.peft = lora.peft_settings("model.peft", _plain(peft))
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        if torch_dtype is not None and torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(f"model.torch_dtype={torch_dtype!r}; expected one of {', '.join(TORCH_DTYPES)} or null")
+        self.torch_dtype = torch_dtype
         self._manual_eos = False  # True: the tokenizer cannot be taught to append EOS; tokenize() appends it
         self._eos_added = False  # True: ensure_eos changed what the tokenizer makes
         self.tokenizer, self.backbone = self._load(self.model_name_or_path)
         self.ends_with_eos = self.ensure_eos() if self.pooling == "last_token" else False
+        if self.ends_with_eos and _rotary(self.backbone.config):
+            self.tokenizer.padding_side = "left"  # as e5-mistral / gte-Qwen2 pad: the EOS is every row's last column
         if expected_dim is not None and int(expected_dim) != self.dim:
             raise ModelError(
                 f"model {self.model_name_or_path!r} gives {self.dim}-dim embeddings but model.expected_dim={expected_dim}; "
                 "fix the preset or point model.model_name_or_path at the model it describes"
             )
+        if self.peft is not None:
+            self.backbone = lora.apply_lora(self.backbone, self.peft)
+        if self.gradient_checkpointing:
+            self._enable_gradient_checkpointing()
         self.backbone.train()  # from_pretrained returns eval mode; follow nn.Module's convention (encode() uses eval)
         cfg = self.backbone.config
         self._sdpa = getattr(cfg, "_attn_implementation", None) == "sdpa"
@@ -128,6 +179,26 @@ class Encoder(nn.Module):
             self._train_attention = cpu_dropout.ATTENTION_NAME
 
     # ---------------------------------------------------------------- loading
+    def _enable_gradient_checkpointing(self) -> None:
+        """Hugging Face's checkpointing, non-reentrant (torch.utils.checkpoint with use_reentrant=False);
+        `activation_checkpointing_enable` in transformers 5, `gradient_checkpointing_enable` before.
+
+        Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings under LoRA are fine;
+        transformers also hooks the input embeddings to require grad. The recomputation restores the RNG state
+        of the first forward (preserve_rng_state), so dropout masks match, also under GradCache's replay.
+        """
+        model = self.hf_model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"model.gradient_checkpointing=true: {type(model).__name__} does not support gradient "
+                "checkpointing; expected false for this model"
+            )
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     def _load(self, name: str):
         from safetensors import SafetensorError
         from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -147,6 +218,8 @@ class Encoder(nn.Module):
                 self.max_seq_length,
                 config_limit(config.to_dict(), getattr(tokenizer, "model_max_length", None), where=f"{name}'s config"),
             )
+            if self.torch_dtype is not None:
+                kwargs[_dtype_kwarg()] = getattr(torch, self.torch_dtype)
             backbone = AutoModel.from_pretrained(name, config=config, **kwargs)
         except (
             OSError,
@@ -170,6 +243,15 @@ class Encoder(nn.Module):
         if vocab > emb:
             raise ModelError(f"model {name!r}: tokenizer has {vocab} tokens but the model's embedding table has {emb}")
         return tokenizer, backbone
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The transformers model under the LoRA wrapper (the backbone itself without LoRA)."""
+        return self.backbone.get_base_model() if lora.is_peft_model(self.backbone) else self.backbone
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the backbone, in elements (LoRA: the adapter weights only)."""
+        return lora.trainable_parameters(self.backbone)
 
     @property
     def dim(self) -> int:
@@ -364,6 +446,8 @@ class Encoder(nn.Module):
         h.update(json.dumps(self.settings(), sort_keys=True).encode())
         if self._eos_added:  # these texts now end with EOS: not the embeddings that older runs cached
             h.update(b"eos_appended")
+        if self.peft is not None:  # alpha / r scale the adapter's output: not in the weights
+            h.update(json.dumps({"peft": self.peft}, sort_keys=True).encode())
         for k, v in sorted(self.backbone.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -388,6 +472,11 @@ class Encoder(nn.Module):
         default losses, so ``SentenceTransformer(path).similarity`` and sentence-transformers' evaluators give
         embedexp's numbers (tests/test_export_and_decoders.py).
         For last-token pooling the saved tokenizer appends EOS (`ensure_eos`), as in training.
+
+        With LoRA (`peft`) the folder holds the MERGED model (W + alpha/r * B A: every consumer of a plain
+        folder works unchanged) and `<path>/adapter/` the adapter alone (peft's adapter_config.json +
+        adapter_model.safetensors), which sentence-transformers loads onto the base model's folder with
+        `SentenceTransformer(base).load_adapter(path / "adapter")`. The training model is not modified.
         """
         if self._manual_eos:
             log.warning(
@@ -399,7 +488,12 @@ class Encoder(nn.Module):
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.backbone.save_pretrained(tmp, safe_serialization=True)
+        if lora.is_peft_model(self.backbone):
+            merged = lora.merged_state_dict(self.backbone)
+            self.hf_model.save_pretrained(tmp, state_dict=merged, safe_serialization=True)
+            self.backbone.save_pretrained(tmp / lora.ADAPTER_DIR)
+        else:
+            self.backbone.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

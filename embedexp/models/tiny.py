@@ -52,8 +52,8 @@ def tiny_bert_path(seed: int = 0) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- tiny decoders (Mistral-like, Qwen2-like)
-DECODER_FAMILIES = ("mistral", "qwen2")
+# ---------------------------------------------------------------- tiny decoders (Mistral-, Qwen2-, Llama-3-like)
+DECODER_FAMILIES = ("mistral", "qwen2", "llama")
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,:;?!'-"
 
 
@@ -95,6 +95,26 @@ def _tiny_decoder_tokenizer(family: str):
         tok = Qwen2TokenizerFast(vocab=vocab, merges=merges)
         tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
         return tok
+    if family == "llama":  # Llama 3: byte-level BPE, <|begin_of_text|> prepended, <|end_of_text|> EOS, no pad token
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+
+        alphabet = _byte_level_alphabet()
+        vocab = {c: i for i, c in enumerate(alphabet)}
+        space = alphabet[ord(" ")]
+        merges = [(space, c) for c in _CHARS]
+        for c in _CHARS:
+            vocab[space + c] = len(vocab)
+        bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+        vocab[bos], vocab[eos] = len(vocab), len(vocab) + 1
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B:1", special_tokens=[(bos, vocab[bos])]
+        )
+        backend.add_special_tokens([bos, eos])
+        return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos)
     raise ValueError(f"unknown decoder family {family!r}; expected one of {DECODER_FAMILIES}")
 
 
@@ -106,7 +126,8 @@ def build_tiny_decoder(
     layers: int = 2,
     max_position_embeddings: int = 512,
 ) -> Path:
-    """Write a randomly initialised (seeded) decoder folder like e5-mistral (family="mistral") or gte-Qwen2 ("qwen2").
+    """Write a randomly initialised (seeded) decoder folder like e5-mistral (family="mistral"), gte-Qwen2 ("qwen2")
+    or a Llama-3 embedder such as LLM2Vec's ("llama": byte-level BPE with a BOS token, no pad token).
 
     The tokenizer folder says what the real models' folders say: ``tokenizer_config.json`` has
     ``add_eos_token: true`` (e5-mistral-7b-instruct, gte-Qwen2-7B-instruct), while ``tokenizer.json``'s
@@ -118,10 +139,14 @@ def build_tiny_decoder(
     import json
 
     import torch
-    from transformers import MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+    from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralModel, Qwen2Config, Qwen2Model
 
     tok = _tiny_decoder_tokenizer(family)
-    config_cls, model_cls = {"mistral": (MistralConfig, MistralModel), "qwen2": (Qwen2Config, Qwen2Model)}[family]
+    config_cls, model_cls = {
+        "mistral": (MistralConfig, MistralModel),
+        "qwen2": (Qwen2Config, Qwen2Model),
+        "llama": (LlamaConfig, LlamaModel),
+    }[family]
     config = config_cls(
         vocab_size=len(tok),
         hidden_size=hidden_size,
@@ -144,7 +169,7 @@ def build_tiny_decoder(
     tok.save_pretrained(tmp)
     cfg_file = tmp / "tokenizer_config.json"
     tok_cfg = json.loads(cfg_file.read_text())
-    tok_cfg.update({"add_eos_token": True, "add_bos_token": family == "mistral", "model_max_length": 131072})
+    tok_cfg.update({"add_eos_token": True, "add_bos_token": family != "qwen2", "model_max_length": 131072})
     for k in ("is_local", "local_files_only"):
         tok_cfg.pop(k, None)
     cfg_file.write_text(json.dumps(tok_cfg, indent=2) + "\n")
@@ -156,7 +181,7 @@ def build_tiny_decoder(
 
 
 def tiny_decoder_path(family: str = "mistral", seed: int = 0) -> Path:
-    """Cached tiny decoder folder of `family` ("mistral" | "qwen2") for `seed` (built on first use)."""
+    """Cached tiny decoder folder of `family` ("mistral" | "qwen2" | "llama") for `seed` (built on first use)."""
     path = cache_root() / f"tiny-{family}-v1-seed{seed}"
     if not (path / "model.safetensors").is_file():
         build_tiny_decoder(path, family=family, seed=seed)
