@@ -27,33 +27,69 @@ def evaluate(cfg: DictConfig) -> dict:
 
     from embedexp.errors import ModelError
     from embedexp.eval import Evaluator
+    from embedexp.eval.config import decision_enabled
     from embedexp.eval.results import markdown_table, write_results
     from embedexp.models import Encoder
 
     out_dir = Path(cfg.paths.output_dir)
     validate_config(cfg, "evaluate")
     scrub_files(out_dir, cfg)
-    evaluator = Evaluator(**container(cfg.eval))
-    base = evaluator.evaluate(instantiate(cfg.model), use_cache=True)
+    eval_cfg = container(cfg.eval)
+    decision_cfg = eval_cfg.pop("decision", None) or {}  # the decision table is this command's option
+    evaluator = Evaluator(**eval_cfg)
+    base_encoder = instantiate(cfg.model)
+    base = evaluator.evaluate(base_encoder, use_cache=True)
     units = {"base": evaluator.last_units, "tuned": {}}
     tuned: dict[str, float] = {}
+    tuned_encoder = None
     if cfg.get("tuned"):
         tuned_path = Path(cfg.tuned).expanduser()
         if not (tuned_path / "modules.json").is_file():
             raise ModelError(f"tuned={tuned_path}: not an exported model folder (no modules.json)")
-        tuned = evaluator.evaluate(Encoder.from_exported(tuned_path))
+        tuned_encoder = Encoder.from_exported(tuned_path)
+        tuned = evaluator.evaluate(tuned_encoder)
         units["tuned"] = evaluator.last_units
     meta = {
         "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}"
         + (": base vs fine-tuned" if tuned else ""),
         "base_model": str(cfg.model.model_name_or_path),
         "tuned_model": str(cfg.tuned) if tuned else None,
-        "config": scrub_secrets(container(cfg)),
     }
-    rows = write_results(out_dir, base, tuned, meta, units, evaluator.texts(), evaluator.stats)
+    extra_md = ""
+    if decision_enabled(decision_cfg):
+        bi_encoders = [("bi-encoder base", base_encoder)] + (
+            [("bi-encoder tuned", tuned_encoder)] if tuned_encoder is not None else []
+        )
+        meta["decision"], extra_md = _decision(out_dir, evaluator, bi_encoders, decision_cfg)
+    meta["config"] = scrub_secrets(container(cfg))
+    rows = write_results(out_dir, base, tuned, meta, units, evaluator.texts(), evaluator.stats, extra_md=extra_md)
     print("\n" + markdown_table(rows))
+    if extra_md:
+        print(extra_md)
     print(f"results: {out_dir / 'results.json'}")
     return rows
+
+
+def _decision(out_dir: Path, evaluator, bi_encoders: list, settings: dict) -> tuple[dict, str]:
+    """The bi-encoder vs cross-encoder decision table (embedexp/eval/decision.py): results.json's `decision`,
+    the results.md section (with decision.png when it could be drawn)."""
+    from embedexp.eval.decision import as_json, environment, markdown, run_decision
+    from embedexp.eval.decision_plot import plot_decision
+
+    tables = run_decision(
+        evaluator.sets, bi_encoders, settings, evaluator.batch_size, evaluator.stats, evaluator.show_progress
+    )
+    env = environment(bi_encoders)
+    md = markdown(tables, settings, env, float((evaluator.stats or {}).get("confidence", 0.95)))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        png = plot_decision(tables, settings.get("batch_sizes", [1, 32]), out_dir / "decision.png")
+    except Exception as e:  # a plot must not cost the run its results
+        log.warning("decision.png skipped: %s: %s", type(e).__name__, e)
+        png = None
+    if png is not None:
+        md += f"\n![decision]({png.name})\n"
+    return as_json(tables, settings, env), md
 
 
 @cli_entry("evaluate")

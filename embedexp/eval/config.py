@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from embedexp.checks import check_bool, check_choice, check_dir, check_file, check_int, check_int_list, check_number
@@ -44,6 +45,8 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
         check_number("eval.stats.confidence", stats.get("confidence", 0.95), 0, 1, low_open=True, high_open=True)
         check_int("eval.stats.n_resamples", stats.get("n_resamples", 10000), 100)
         check_int("eval.stats.seed", stats.get("seed", 0), 0)
+    if ev.get("decision") is not None:
+        check_decision_config(ev["decision"])
     sets = ev.get("sets") or {}
     if not isinstance(sets, dict):
         raise ConfigError(f"{sets_key}={sets!r}; expected a mapping name -> {{type, root/path}}")
@@ -65,6 +68,64 @@ def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets
         else:
             check_file(f"{key}.path", spec.get("path"), "an STS tsv file")
             check_number(f"{key}.max_score", spec.get("max_score", 5.0), 0, low_open=True)
+
+
+DECISION_KEYS = (
+    "enabled",
+    "reranker",
+    "top_k",
+    "batch_sizes",
+    "max_queries_for_latency",
+    "bm25",
+    "rerank_batch_size",
+    "max_length",
+)
+
+
+def decision_enabled(dc: Any) -> bool:
+    """`eval.decision.enabled`, where null (the default) means: on when a reranker is given."""
+    if not isinstance(dc, dict):
+        return False
+    enabled = dc.get("enabled")
+    return bool(dc.get("reranker")) if enabled is None else bool(enabled)
+
+
+def check_decision_config(dc: Any) -> None:
+    """`eval.decision` (the bi-encoder vs cross-encoder table, embedexp/eval/decision.py); folders only when enabled.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong kind, or (enabled) a reranker that is not a model folder.
+    """
+    check_section(dc, "eval.decision", DECISION_KEYS, "enabled, reranker, top_k, batch_sizes, ...")
+    check_bool("eval.decision.enabled", dc.get("enabled"))
+    check_bool("eval.decision.bm25", dc.get("bm25", True), optional=False)
+    for key, default in (
+        ("top_k", 100),
+        ("max_queries_for_latency", 50),
+        ("rerank_batch_size", 32),
+        ("max_length", 256),
+    ):
+        check_int(f"eval.decision.{key}", dc.get(key, default), 1)
+    check_int_list("eval.decision.batch_sizes", dc.get("batch_sizes", [1, 32]), allow_empty=False)
+    rerankers = dc.get("reranker")
+    if isinstance(rerankers, (list, tuple)) and not rerankers:
+        rerankers = None
+    if rerankers is not None:
+        many = isinstance(rerankers, (list, tuple))
+        for i, path in enumerate(rerankers if many else [rerankers]):
+            key = f"eval.decision.reranker[{i}]" if many else "eval.decision.reranker"
+            if not isinstance(path, str) or not path.strip():
+                raise ConfigError(
+                    f"{key}={path!r}; expected the folder of a cross-encoder (a sequence-classification model) "
+                    "or a list of them"
+                )
+            if decision_enabled(dc):
+                check_dir(key, path, "a cross-encoder folder (a sequence-classification model)")
+                if not (Path(path).expanduser() / "config.json").is_file():
+                    raise ConfigError(
+                        f"{key}={path}: not a model folder (no config.json); expected a cross-encoder folder "
+                        "(a sequence-classification model)"
+                    )
 
 
 def check_section(cfg: Any, name: str, keys: tuple[str, ...], shape: str) -> None:
