@@ -813,6 +813,13 @@ def _yn(r: dict | None) -> str:
     return "n/a" if not r or "malloc_tuning" not in r else ("on" if r["malloc_tuning"] else "off")
 
 
+SCALE_LINK = (
+    "BM25 backends (bm25s vs fast vs rank_bm25), inference precision (bf16 / int8 on an AVX2 CPU) and the scale "
+    "benchmark (10^4-10^6 documents): [benchmarks_scale.md](benchmarks_scale.md), from `scripts/bench_bm25.py` and "
+    "`scripts/bench_scale.py`, measured on a different machine (AVX2, no native bf16)."
+)
+
+
 def render(res: dict) -> str:
     m = res.get("machine", {})
     lines = [
@@ -959,6 +966,8 @@ def render(res: dict) -> str:
         "",
         "Mining and GradCache have their own scripts and tables: [benchmarks_mining.md](benchmarks_mining.md), "
         "[benchmarks_gradcache.md](benchmarks_gradcache.md).",
+        "",
+        SCALE_LINK,
         "",
         "Runs (one line per part; `--only` reruns a part):",
         "",

@@ -2,6 +2,7 @@
 
     python scripts/bench_scale.py --sizes 10000 100000 [1000000] [--queries 10000] [--work /tmp/embedexp_scale]
     python scripts/bench_scale.py --minilm 2000      # MiniLM encode throughput (fp32 / bf16 autocast / int8 dynamic)
+    python scripts/bench_scale.py --plot docs/benchmarks_scale.png --jsonl rows.jsonl   # the plot of saved rows
 
 Data (seeded, `make_corpus`): documents of 5 + Poisson(40) words drawn from a Zipfian vocabulary (100k words,
 p(rank r) ~ 1 / r^1.07, English-like), and `--queries` queries of 5 words sampled from one document each, which is
@@ -247,6 +248,56 @@ def minilm_throughput(n: int) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], path: Path, title: str = "") -> Path:
+    """Log-log plot of CPU seconds and peak RSS against corpus size, one line per stage, with a slope-1 line.
+
+    rows: bench rows (`run_stage` outputs: stage, docs, cpu_s, peak_rss_mb); the last row of each (stage, docs)
+    wins. Writes a PNG to `path` and returns it.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    last: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        last[(r["stage"], int(r["docs"]))] = r
+    stages = [s for s in STAGES if any(k[0] == s for k in last)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    panels = (("cpu_s", "CPU seconds (user + sys)"), ("peak_rss_mb", "peak RSS (MB)"))
+    for ax, (key, label) in zip(axes, panels):
+        lows, highs = [], []
+        for s in stages:
+            pts = sorted((n, last[(s, n)][key]) for (st, n) in last if st == s)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, marker="o", label=s)
+            lows.append((xs[0], ys[0]))
+            highs.append(max(xs))
+        if lows:  # slope 1 (linear growth) through the smallest size's median value
+            x0 = min(x for x, _ in lows)
+            y0 = float(np.median([y for x, y in lows if x == x0]))
+            x1 = max(highs)
+            ax.plot([x0, x1], [y0, y0 * x1 / x0], "k--", lw=1, label="slope 1 (linear)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.set_xlabel("corpus size (documents)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(title or "scale benchmark: 10^4 queries, top-100 (scripts/bench_scale.py)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -262,8 +313,15 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/embedexp_scale", help="folder for the saved embeddings")
     ap.add_argument("--jsonl", default=None, help="also append every row as JSON to this file")
     ap.add_argument("--minilm", type=int, default=0, help="only measure MiniLM encode throughput on N docs")
+    ap.add_argument("--plot", default=None, help="only plot the rows of --jsonl to this PNG (no runs)")
     ap.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.plot:
+        if not args.jsonl:
+            raise SystemExit("--plot needs --jsonl (the rows to plot)")
+        rows = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines() if line.strip()]
+        print(plot(rows, Path(args.plot)))
+        return
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     from embedexp.trainer.precision import cpu_summary

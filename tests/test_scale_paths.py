@@ -76,3 +76,31 @@ def test_eval_top_k_chunks_are_capped(monkeypatch):
     assert max(rows) == 7 and len(rows) == 8
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(s, ref_s, rtol=1e-6, atol=1e-6)  # fewer rows per product: last-bit rounding only
+
+
+def _script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_md_template_links_the_scale_benchmarks():
+    """scripts/bench.py regenerates docs/benchmarks.md: the link to benchmarks_scale.md must survive a rerun."""
+    text = _script("bench").render({})
+    assert "[benchmarks_scale.md](benchmarks_scale.md)" in text
+
+
+def test_scale_plot_is_written_from_bench_rows(tmp_path):
+    bench_scale = _script("bench_scale")
+    rows = [
+        {"stage": s, "docs": n, "cpu_s": c * n / 1e4, "peak_rss_mb": 300 + m * n / 1e4}
+        for s, c, m in (("bm25-fast", 6.0, 10), ("eval", 5.0, 2))
+        for n in (10_000, 100_000, 1_000_000)
+    ]
+    out = bench_scale.plot(rows + [{**rows[0], "cpu_s": 7.0}], tmp_path / "scale.png")  # a rerun row wins
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
