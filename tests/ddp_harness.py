@@ -32,7 +32,10 @@ class CaptureStep(L.Callback):
             pl_module.loss.register_forward_hook(lambda mod, args, out: self.dims.append(tuple(mod.last_dims)))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.micro.append({"rng": torch.get_rng_state(), "features": batch["features"]})
+        micro = {"rng": torch.get_rng_state(), "features": batch["features"]}
+        if pl_module.device.type == "cuda":  # dropout on the GPU draws from the device's generator
+            micro["cuda_rng"] = torch.cuda.get_rng_state(pl_module.device)
+        self.micro.append(micro)
         ALLREDUCE_CALLS["n"] = 0  # counts the all-reduces of the step's last micro-batch (the synchronised one)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
@@ -61,8 +64,10 @@ def run_step(
     grad_cache_chunk: int | None = None,
     anchor_chunk: int | None = None,
     accumulate: int = 1,
+    accelerator: str = "cpu",
 ) -> None:
-    """One optimiser update over `accumulate` micro-batches of `batch_size` rows per rank (rows in order)."""
+    """One optimiser update over `accumulate` micro-batches of `batch_size` rows per rank (rows in order).
+    accelerator="gpu": the same step on CUDA (NCCL between ranks; tests/test_distributed_cuda.py)."""
     from lightning.pytorch.strategies import DDPStrategy
 
     from embedexp.data import EmbeddingDataModule
@@ -93,9 +98,10 @@ def run_step(
     )
     strategy = "auto"
     if devices > 1:
-        strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True, process_group_backend="gloo")
+        backend = "nccl" if accelerator == "gpu" else "gloo"
+        strategy = DDPStrategy(start_method="spawn", find_unused_parameters=True, process_group_backend=backend)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         max_steps=1,
