@@ -127,6 +127,11 @@ class CrossEncoderModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the model, in elements (the shape of Encoder's)."""
+        params = list(self.model.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
     def tokenize_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> dict[str, torch.Tensor]:
         """(query, document) pairs -> padded tensors (n, seq) on CPU, each pair truncated to max_length tokens."""
         return dict(
