@@ -369,6 +369,8 @@ def train(cfg: DictConfig) -> dict:
 
     # 2. the model; its base results are computed (or read from cache) before any training
     encoder = instantiate(cfg.model)
+    trainable, total = encoder.trainable_parameters()
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
     if pending_miner is not None:
         from embedexp.losses.config import check_loss_fits_data
 

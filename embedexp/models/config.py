@@ -12,6 +12,7 @@ from typing import Any
 
 from embedexp.checks import check_bool, check_choice, check_int, is_int
 from embedexp.errors import ConfigError, ModelError
+from embedexp.extras import require_extra
 from embedexp.models.encoder import TORCH_DTYPES, _looks_like_path, check_model_folder
 from embedexp.models.limits import check_max_seq_length, folder_limit
 from embedexp.models.lora import peft_settings, resolve_targets
@@ -76,6 +77,8 @@ def check_model_config(prefix: str, model: Any) -> int | None:
                     f"{prefix}.{key} is not a model setting; expected one of {', '.join(ENCODER_KEYS[1:])}"
                 )
     peft = peft_settings(f"{prefix}.peft", model.get("peft"))
+    if peft is not None:
+        require_extra("peft", "lora", f"{prefix}.peft.r={peft['r']}")
     check_bool(f"{prefix}.gradient_checkpointing", model.get("gradient_checkpointing"))
     dtype = model.get("torch_dtype")
     if dtype is not None and dtype not in TORCH_DTYPES:
