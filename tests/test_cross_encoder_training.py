@@ -232,3 +232,41 @@ def test_wrong_model_loss_combinations_are_one_line_errors(overrides, expected, 
         train(cfg)
     assert expected in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+class _LengthScorer:
+    """A stand-in reranker: shorter documents score higher (deterministic, unlike the first stage)."""
+
+    def score(self, queries, docs, batch_size=32, show_progress=False, desc=""):
+        return np.array([-float(len(d)) for d in docs])
+
+
+def test_bi_encoder_first_stage_and_reranked_metrics_match_a_manual_pipeline(tiny_model_dir, tmp_path):
+    from embedexp.eval.metrics import ir_metrics, retrieve
+    from embedexp.eval.reranker_run import RerankerRunEvaluator
+    from embedexp.models import Encoder
+
+    from conftest import write_beir
+
+    corpus = {f"d{i}": ("", "word " * (i + 1) + f"topic{i % 3}") for i in range(12)}
+    queries = {"q1": "topic0 word", "q2": "topic1", "q3": "topic2 word word"}
+    qrels = {"q1": {"d0": 1, "d3": 2}, "q2": {"d4": 1}, "q3": {"d11": 1}}
+    root = write_beir(tmp_path / "beir", corpus, queries, qrels)
+    spec = {"_target_": "embedexp.models.Encoder", "model_name_or_path": str(tiny_model_dir), "max_seq_length": 32}
+    ev = RerankerRunEvaluator(
+        {"t": {"type": "retrieval", "root": str(root), "split": "test"}},
+        first_stage=spec,
+        rerank={"top_k": 4, "batch_size": 2},
+        show_progress=False,
+    )
+    got = ev.evaluate(_LengthScorer())
+    s = ev.sets[0]
+    enc = Encoder(str(tiny_model_dir), max_seq_length=32)
+    run = retrieve(s.query_ids, enc.encode(s.queries, "query"), s.doc_ids, enc.encode(s.docs, "document"), 4)
+    first, _, _ = ev.first_stage_results()
+    assert first == {f"t/{k}": v for k, v in ir_metrics(run, s.qrels, **ev.ks).items()}
+    text = dict(zip(s.doc_ids, s.docs))
+    reranked = {q: [(d, -float(len(text[d]))) for d, _ in ranked] for q, ranked in run.items()}
+    expected = {f"t/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ev.ks).items()}
+    assert {k: v for k, v in got.items() if "ms_per_query" not in k} == expected
+    assert expected != first  # the reranker changed the order, so the comparison means something
