@@ -1,7 +1,9 @@
 """`embedexp-mine` / `python -m embedexp.mine`: mine (hard) negatives alone and write them as a pairs file.
 
 Output, in the run folder: `mined.jsonl` (rows {"anchor", "positive", "negatives": [...]}, what `data=pairs`
-reads) and `mining_stats.json` (what every filter removed, short rows, cache use, timings, the config).
+reads; with `miner.teacher_scores=true` FlagEmbedding rows {"query", "pos", "neg", "pos_scores", "neg_scores"},
+what `data=table` reads with the scores) and `mining_stats.json` (what every filter removed, short rows, cache use,
+timings, the config).
 """
 
 from __future__ import annotations
@@ -30,15 +32,21 @@ log = logging.getLogger("embedexp.mine")
 
 
 def write_pairs(path: Path, train_set) -> Path:
-    """Rows (anchor, positive, negative_1..n) -> jsonl, written atomically."""
+    """Rows (anchor, positive, negative_1..n) -> jsonl, written atomically; rows with teacher scores as
+    FlagEmbedding rows (query, pos, neg, pos_scores, neg_scores; a NaN score as null)."""
+    from embedexp.data.scored_rows import nan_to_none
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    scored = bool(getattr(train_set, "has_scores", False))
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in train_set.rows:
-            f.write(
-                json.dumps({"anchor": row[0], "positive": row[1], "negatives": list(row[2:])}, ensure_ascii=False)
-                + "\n"
-            )
+        for i, row in enumerate(train_set.rows):
+            if scored:
+                s = nan_to_none(train_set.scores(i))
+                obj = {"query": row[0], "pos": [row[1]], "neg": list(row[2:]), "pos_scores": s[:1], "neg_scores": s[1:]}
+            else:
+                obj = {"anchor": row[0], "positive": row[1], "negatives": list(row[2:])}
+            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -78,7 +86,10 @@ def mine(cfg: DictConfig) -> dict:
             f"got fewer than {cfg.miner.get('n_negatives')} negatives; cache: {m.get('cache')}"
         )
     print(f"mined: {pairs}\nstats: {stats_path}")
-    print(f"train on it: embedexp-train data=pairs data.train.path={pairs}")
+    if getattr(mined, "has_scores", False):
+        print(f"train on it: embedexp-train data=table data.train.path={pairs} loss=distill_kl")
+    else:
+        print(f"train on it: embedexp-train data=pairs data.train.path={pairs}")
     return stats
 
 

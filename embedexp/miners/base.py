@@ -29,6 +29,13 @@ Then `n_negatives` are taken from the survivors: the best ranked (sampling=top) 
 (sampling=random), kept in rank order. Rows with fewer survivors are short: dropped (on_short=drop) or the
 run fails (on_short=fail); the statistics count them (rows_short, queries_short) and, per filter, what was
 removed (`removed`), so a query that retrieves nothing shows up as not_retrieved + rows_short.
+
+Teacher scores (`teacher_scores=true`, any miner; meaningful for cross_encoder): the mined rows also carry the
+scorer's score of the row's positive and of each chosen negative (embedexp.data.scored_rows.ScoredRows), which
+reach a distillation loss as `batch["scores"]` (positive first). They come from the cached ranking (the
+candidates' scores and `pos_scores`) and are stored in the "mined" cache entry, so a cache hit (and a resumed
+run, whose data fingerprint includes them) trains on identical scores. For a cross-encoder they are its raw
+logits (1 label) or logit[1] - logit[0] (2 labels), no sigmoid.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from embedexp.data.retrieval_view import with_retrieval_ids
+from embedexp.data.scored_rows import ScoredRows
 from embedexp.data.train_sets import TrainSet
 from embedexp.errors import ConfigError
 from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write_cache
@@ -237,6 +245,7 @@ class HardNegativeMiner:
         cache: bool = True,
         cache_dir: str | None = None,
         show_progress: bool = True,
+        teacher_scores: bool = False,
     ) -> None:
         self.name = name or self.kind
         self.n_negatives = check_int("miner.n_negatives", n_negatives, 1)
@@ -261,6 +270,7 @@ class HardNegativeMiner:
             raise ConfigError("miner.cache_dir is empty; set a folder or miner.cache=false")
         self.cache_dir = cache_dir
         self.show_progress = check_bool("miner.show_progress", show_progress)
+        self.teacher_scores = check_bool("miner.teacher_scores", teacher_scores)
 
     # ---------------------------------------------------------------- for subclasses
     @property
@@ -357,11 +367,14 @@ class HardNegativeMiner:
 
         if self.cache:
             hit = read_cache(self.cache_dir, full_key, "mined")
-            if hit is not None and len(hit["negatives"]) == len(train_set.rows):
+            ok = hit is not None and len(hit["negatives"]) == len(train_set.rows)
+            if ok and self.teacher_scores and len(hit.get("teacher_scores") or ()) != len(train_set.rows):
+                ok = False  # an entry written before teacher scores were cached: re-select (the ranking is cached)
+            if ok:
                 stats = {**hit["stats"], "cache": "hit", "seconds": {"total": round(time.perf_counter() - t_start, 3)}}
                 log.info("miner=%s: cache hit (%s)", self.name, full_key)
                 self._release()
-                return self._output(train_set, docs, hit["negatives"], stats)
+                return self._output(train_set, docs, hit["negatives"], stats, hit.get("teacher_scores"))
 
         cand = read_cache(self.cache_dir, score_key, "candidates") if self.cache else None
         if cand is not None and len(cand["pos_scores"]) == len(train_set.rows) and len(cand["indices"]) == len(queries):
@@ -417,7 +430,7 @@ class HardNegativeMiner:
         query_text = np.fromiter(
             (text_to_idx.get(row[0], -2) for row in train_set.rows), dtype=np.int64, count=len(train_set.rows)
         )  # -2: the anchor's text is not a document
-        negatives, stats = self._select(
+        negatives, stats, teacher = self._select(
             train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores, query_text
         )
         stats.update(
@@ -435,12 +448,19 @@ class HardNegativeMiner:
                 self.cache_dir,
                 full_key,
                 "mined",
-                {"scoring_key": score_key, "filters": self.filter_config(), "negatives": negatives, "stats": stats},
+                {
+                    "scoring_key": score_key,
+                    "filters": self.filter_config(),
+                    "negatives": negatives,
+                    "teacher_scores": teacher,
+                    "stats": stats,
+                },
             )
-        return self._output(train_set, docs, negatives, stats)
+        return self._output(train_set, docs, negatives, stats, teacher)
 
     def _select(self, train_set, docs, canon, id_to_idx, row_q, row_pos, idx, scores, pos_scores, query_text):
-        """Each row's negatives (corpus indices, or None for a short row) and the statistics.
+        """Each row's negatives (corpus indices, or None for a short row), the statistics, and each row's
+        scorer scores (None for a short row): [positive's score, each chosen negative's score].
 
         idx, scores: (n_queries, depth) from `_rank`; pos_scores: (n_rows,); query_text: (n_rows,) the canonical
         corpus index of each row's anchor text (-2 when the anchor's text is not a document).
@@ -455,6 +475,7 @@ class HardNegativeMiner:
         removed = {f: 0 for f in FILTERS}
         rng = np.random.default_rng(self.seed)
         negatives: list[list[int] | None] = []
+        teacher: list[list[float] | None] = []  # the scorer's scores of the positive and the chosen negatives
         short_rows, short_queries, positives_retrieved = 0, set(), 0
         retrieved = self._retrieved(idx, scores, len(docs))
         # the canonical (first) corpus index of each candidate's text; -1 for an unretrieved candidate
@@ -487,12 +508,14 @@ class HardNegativeMiner:
                 short_rows += 1
                 short_queries.add(qi)
                 negatives.append(None)
+                teacher.append(None)
                 continue
             if self.sampling == "top":
                 chosen = eligible[: self.n_negatives]
             else:
                 chosen = np.sort(rng.choice(eligible, self.n_negatives, replace=False))
             negatives.append(cand[chosen].tolist())
+            teacher.append([float(pos_scores[r]), *(float(x) for x in scores[qi][chosen])])
         stats = {
             "miner": self.name,
             "scorer": self.scorer_config(),
@@ -537,18 +560,26 @@ class HardNegativeMiner:
                 f"miner={self.name}: no row got miner.n_negatives={self.n_negatives} negatives after the filters "
                 f"(removed: {removed_txt}); relax the filters or raise miner.top_k"
             )
-        return negatives, stats
+        return negatives, stats, teacher
 
-    def _output(self, train_set: TrainSet, docs: list[str], negatives: list, stats: dict) -> TrainSet:
+    def _output(
+        self, train_set: TrainSet, docs: list[str], negatives: list, stats: dict, teacher: list | None = None
+    ) -> TrainSet:
+        """The mined training set: (anchor, positive, negative_1..n) for the rows that got n negatives; with
+        `teacher_scores`, rows that carry the scorer's scores of the positive and each negative (ScoredRows)."""
         keep = [r for r, n in enumerate(negatives) if n is not None]
         rows = [train_set.rows[r][:2] + tuple(docs[d] for d in negatives[r]) for r in keep]
         n = self.n_negatives
+        info = {**train_set.info, "miner": self.name, "mining": stats}
+        if self.teacher_scores:
+            rows = ScoredRows(rows, [teacher[r] for r in keep])
+            info["teacher_scores"] = f"miner={self.name}"
         return TrainSet(
             train_set.columns[:2] + tuple(f"negative_{i + 1}" for i in range(n)),
             train_set.kinds[:2] + ("document",) * n,
             rows,
             labels=[train_set.labels[r] for r in keep] if train_set.labels is not None else None,
-            info={**train_set.info, "miner": self.name, "mining": stats},
+            info=info,
             query_ids=[train_set.query_ids[r] for r in keep],
             corpus=train_set.corpus,
             qrels=train_set.qrels,
