@@ -19,6 +19,15 @@ from embedexp.losses import DistillKLLoss, InfoNCELoss, MarginMSELoss, Matryoshk
 ST_SIM = {"dot": pairwise_dot_score, "cosine": pairwise_cos_sim}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models: one thread avoids thread-pool contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _cols(n_cols: int, batch: int = 6, dim: int = 8, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [
@@ -280,7 +289,10 @@ def _flag_jsonl(path, n_rows: int = 24, n_neg: int = 2):
 
 @pytest.mark.parametrize(
     "overrides",
-    [["loss=distill_kl", "loss.infonce_weight=1.0"], ["loss=margin_mse", "trainer.grad_cache.chunk_size=4"]],
+    [
+        ["loss=distill_kl", "loss.infonce_weight=1.0"],
+        pytest.param(["loss=margin_mse", "trainer.grad_cache.chunk_size=4"], marks=pytest.mark.slow),
+    ],
     ids=["distill_kl_infonce", "margin_mse_gradcache"],
 )
 def test_train_end_to_end_on_a_table_with_teacher_scores(overrides, tmp_path):
