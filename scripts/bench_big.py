@@ -19,7 +19,9 @@ Rows (`model.*` overrides):
 
 Memory: each row runs in its OWN fresh subprocess and its peak resident set size is the kernel's `ru_maxrss` of
 that one child (`os.wait4`, the per-child form of getrusage(RUSAGE_CHILDREN): weights, gradients, optimiser
-state, activations, allocator caches, the Python and torch runtime: what the machine must have). A `load` child
+state, activations, allocator caches, the Python and torch runtime: what the machine must have), started from a
+small launcher process so that no parent's memory is folded into it (`peak_rss_of`); this script itself
+imports no torch and builds the model in a child too. A `load` child
 imports the same modules and builds the same Encoder, then exits: "training increment" = row peak - load peak, the
 memory training itself adds. Ratios are to full fine-tuning. Step time: median of `--steps` optimiser steps after
 `--warmup` warm-up steps (wall time between the ends of consecutive steps), in seconds; on a machine shared with
@@ -199,22 +201,38 @@ def worker(job: dict) -> dict:
         )
     out["self_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     out["threads"] = torch.get_num_threads()
+    out["torch"] = torch.__version__
     return out
 
 
-def peak_rss_of(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[int, str, str, float]:
-    """Run `cmd` as a fresh child and wait for it: (exit status, stdout, stderr, that child's peak RSS in MiB).
+# A small launcher between the caller and the measured command: Linux folds the memory high-water mark of the
+# process image that exec() replaces into the new program's ru_maxrss, and Python starts children with vfork (the
+# caller's own image), so a child started directly from a big process (pytest, or this script after building
+# the model) reports at least its parent's peak. The launcher is a fresh ~10 MiB interpreter: its child's
+# ru_maxrss is that child's own peak. It prints the peak (KiB) on the last line of stderr.
+_LAUNCHER = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:])\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "sys.stderr.write(f'\\n@peak_rss_kib={usage.ru_maxrss}\\n')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
 
-    The peak is the kernel's ru_maxrss of this one child (`os.wait4`; getrusage(RUSAGE_CHILDREN) would report the
-    largest of all children waited for so far), in KiB on Linux.
+
+def peak_rss_of(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[int, str, str, float]:
+    """Run `cmd` as a fresh process: (exit status, stdout, stderr, its peak resident set size in MiB).
+
+    The peak is the kernel's ru_maxrss of that one process (`os.wait4` on it: the per-child form of
+    getrusage(RUSAGE_CHILDREN), which would report the largest of all children waited for so far), measured by
+    a small launcher process so that the caller's own memory is not counted (see `_LAUNCHER`).
     """
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=cwd)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024
+    proc = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env, cwd=cwd, check=False
+    )
+    err, _, tail = proc.stderr.rpartition("\n@peak_rss_kib=")
+    if not tail.strip().isdigit():
+        raise RuntimeError(f"the launcher did not report a peak (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.returncode, proc.stdout, err, int(tail) / 1024
 
 
 def run_row(job: dict) -> dict:
@@ -242,7 +260,7 @@ def render(res: dict) -> str:
         f"{s['size']['layers']} layers, {s['size']['heads']} heads / {s['size']['kv_heads']} KV heads, MLP "
         f"{s['size']['intermediate_size']}); batch {s['batch']} x 2 columns x {s['seq_len']} tokens, InfoNCE, "
         f"AdamW, fp32 (`trainer=cpu`); step time = median of {s['steps']} steps after {s['warmup']} warm-up.",
-        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']} "
+        f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {base['torch']} "
         f"({base['threads']} threads), load average {res['machine']['load_avg']} at the start "
         "(other processes share it: step times are inflated, memory is not).",
         "",
@@ -276,8 +294,7 @@ def render(res: dict) -> str:
 
 
 def machine_info() -> dict:
-    import torch
-
+    """CPU model, cores and load average (torch's version and threads come from the rows' own processes)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -289,7 +306,6 @@ def machine_info() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "torch": torch.__version__,
         "load_avg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
@@ -306,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", default=None, help="reuse (or build here) the decoder folder")
     ap.add_argument("--out", default=None, help="default docs/big_models.md (--quick: outputs/bench_big_quick.md)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.build:
+        build_decoder(Path(args.build[0]), json.loads(args.build[1]))
+        return 0
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
@@ -338,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="embedexp-bench-big-") as tmp:
         model_dir = Path(args.model_dir) if args.model_dir else Path(tmp) / "decoder"
         if not (model_dir / "model.safetensors").is_file():
-            print(f"building the decoder in {model_dir} ...", flush=True)
-            build_decoder(model_dir, size)
+            print(f"building the decoder in {model_dir} ...", flush=True)  # in a child: this process stays small
+            subprocess.run(
+                [sys.executable, __file__, "--build", str(model_dir), json.dumps(size)], check=True, cwd=str(ROOT)
+            )
         for row in dict.fromkeys(rows):
             job = {
                 "row": row,
