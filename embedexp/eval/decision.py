@@ -409,7 +409,7 @@ def markdown(tables: dict[str, dict], settings: dict, env: dict, confidence: flo
             f"nDCG@10 and Recall@100 over all {t['n_queries']} queries, first stages retrieve {t['depth']} documents "
             f"per query, rerankers re-order the top {cfg['top_k']}. ms/query: wall clock over the first "
             f"{t['n_latency_queries']} queries, batch b = b queries at a time (encode + search the prebuilt index "
-            f"+ rerank), {env['device']}, {env['torch_threads']} torch threads. vs: the row this one is tested "
+            f"+ rerank), device {env['device']}, torch threads {env['torch_threads']}. vs: the row this one is tested "
             "against (its first stage, or the previous first stage), paired over queries on nDCG@10, randomisation "
             "p with Holm's correction over this table.\n\n" + "\n".join(lines) + "\n\n"
             f"Offline cost (once per corpus, not per query): {offline}.\n"
