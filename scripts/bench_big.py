@@ -168,7 +168,10 @@ def worker(job: dict) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     encoder = instantiate(cfg.model)
+    with torch.no_grad():  # every weight resident, also in the `load` row (safetensors may map them lazily)
+        touched = sum(float(p.float().sum()) for p in encoder.parameters())
     out = {
+        "weights_sum": touched,
         "row": job["row"],
         "params": sum(p.numel() for p in encoder.parameters()),
         "trainable": sum(p.numel() for p in encoder.parameters() if p.requires_grad),
