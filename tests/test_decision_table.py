@@ -257,3 +257,21 @@ def test_reranker_folder_without_config_and_off_by_default(tmp_path, capsys):
     check_decision_config({"enabled": False, "reranker": "/nowhere"})  # off: folders are not looked at
     with pytest.raises(ConfigError, match=r"eval\.decision\.reranker\[1\]=3; expected the folder"):
         check_decision_config({"enabled": False, "reranker": ["a", 3]})
+
+
+def test_precomputed_corpus_embeddings_give_the_same_rows(table, evaluator, encoder):
+    """A caller that already encoded the corpus passes it in: same ranking and metrics, offline cost not timed."""
+    from embedexp.eval.decision import decision_table
+
+    s = evaluator.sets[0]
+    d = encoder.encode(s.docs, "document")
+    settings = {"bm25": False, "batch_sizes": [2], "max_queries_for_latency": 2}
+    again = decision_table(
+        s, [("bi-encoder base", encoder)], settings, stats=STATS, doc_embeddings={"bi-encoder base": d}
+    )
+    (row,) = again["rows"]
+    first = next(r for r in table["rows"] if r.name == "bi-encoder base")
+    assert row.run == first.run and row.per_query == first.per_query
+    assert again["offline"][0]["seconds"] is None and row.comparison is None and set(row.ms_per_query) == {2}
+    with pytest.raises(ValueError, match="3 precomputed embeddings for"):
+        decision_table(s, [("bi-encoder base", encoder)], settings, doc_embeddings={"bi-encoder base": d[:3]})

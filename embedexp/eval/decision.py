@@ -108,14 +108,23 @@ class BM25Stage:
 class DenseStage:
     """A bi-encoder over the set's corpus, encoded once (the offline cost) into a faiss IndexFlatIP."""
 
-    def __init__(self, label: str, encoder, s: RetrievalSet, batch_size: int, show_progress: bool = False) -> None:
+    def __init__(
+        self, label: str, encoder, s: RetrievalSet, batch_size: int, show_progress: bool = False, doc_emb=None
+    ) -> None:
+        """`doc_emb` (n_docs, dim): the corpus already encoded by this encoder (offline cost then not timed)."""
+        import torch
         import torch.nn.functional as F
 
         self.label, self.encoder, self.s = label, encoder, s
-        t0 = time.perf_counter()
-        self.doc_emb = encoder.encode(s.docs, "document", batch_size, show_progress, desc=f"{s.name}: corpus")
-        self.offline_seconds = time.perf_counter() - t0
         self.offline_what = f"{label}: encoding {len(s.docs)} documents"
+        self.offline_seconds = None
+        if doc_emb is None:
+            t0 = time.perf_counter()
+            doc_emb = encoder.encode(s.docs, "document", batch_size, show_progress, desc=f"{s.name}: corpus")
+            self.offline_seconds = time.perf_counter() - t0
+        elif tuple(doc_emb.shape)[0] != len(s.docs):
+            raise ValueError(f"{label}: {tuple(doc_emb.shape)[0]} precomputed embeddings for {len(s.docs)} documents")
+        self.doc_emb = torch.as_tensor(doc_emb, dtype=torch.float32)
         self.index = _flat_ip(F.normalize(self.doc_emb.float(), dim=-1).numpy())
 
     def search(self, query_ids: list[str], queries: list[str], depth: int) -> Run:
@@ -271,6 +280,7 @@ def decision_table(
     batch_size: int = 64,
     stats: dict | None = None,
     show_progress: bool = False,
+    doc_embeddings: dict | None = None,
 ) -> dict:
     """The decision table of one retrieval set.
 
@@ -281,6 +291,8 @@ def decision_table(
             rerank_batch_size, max_length.
         batch_size: corpus (and quality-pass query) encoding batch size (eval.batch_size).
         stats: eval.stats (alpha, confidence, n_resamples, seed).
+        doc_embeddings: {bi-encoder label: (n_docs, dim) corpus embeddings this encoder already computed}: not
+            encoded again; their offline cost is reported as not timed.
     Returns:
         {"rows": [DecisionRow], "offline": [{"what", "seconds"}], "n_queries", "n_latency_queries", "depth"}.
     Raises:
@@ -298,7 +310,10 @@ def decision_table(
     )
     q_text, d_text = dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
     stages = [BM25Stage(s)] if cfg["bm25"] else []
-    stages += [DenseStage(label, enc, s, batch_size, show_progress) for label, enc in bi_encoders]
+    stages += [
+        DenseStage(label, enc, s, batch_size, show_progress, (doc_embeddings or {}).get(label))
+        for label, enc in bi_encoders
+    ]
     rows: list[DecisionRow] = []
     previous = None
     for stage in stages:
@@ -403,7 +418,10 @@ def markdown(tables: dict[str, dict], settings: dict, env: dict, confidence: flo
             else:
                 cells += ["", "", "", ""]
             lines.append("| " + " | ".join(cells) + " |")
-        offline = "; ".join(f"{o['what']} {o['seconds']:.1f} s" for o in t["offline"])
+        offline = "; ".join(
+            f"{o['what']} " + ("precomputed, not timed" if o["seconds"] is None else f"{o['seconds']:.1f} s")
+            for o in t["offline"]
+        )
         out.append(
             f"### {name}\n\n"
             f"nDCG@10 and Recall@100 over all {t['n_queries']} queries, first stages retrieve {t['depth']} documents "
