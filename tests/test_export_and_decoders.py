@@ -310,3 +310,50 @@ def test_bert_last_token_is_unchanged(tiny_model_dir):
         enc.tokenize(TEXTS, "document")["input_ids"].tolist()
         == tok(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")["input_ids"].tolist()
     )
+
+
+# ================================================================ issue 18: decoder embedders with LoRA, bf16
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "llama"])
+def test_decoder_preset_lora_forward_and_export(family, tmp_path, isolated_cache):
+    """tiny_<family> preset + LoRA: left padding with EOS in every row's last column, the instruction on queries
+    only, and an export (merged folder; base folder + adapter/) that sentence-transformers embeds like embedexp."""
+    from hydra.utils import instantiate
+    from sentence_transformers import SentenceTransformer
+
+    cfg = _compose_train(tmp_path, [f"model=tiny_{family}", "model.peft.r=4", "model.peft.dropout=0.0"])
+    torch.manual_seed(0)
+    enc = instantiate(cfg.model)
+    with torch.no_grad():  # a trained-looking adapter (B starts at zero)
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    assert enc.tokenizer.padding_side == "left" and enc.trainable_parameters()[0] > 0
+    feats = enc.tokenize(TEXTS, "query")
+    assert feats["input_ids"][:, -1].tolist() == [enc.tokenizer.eos_token_id] * len(TEXTS)
+    assert enc.prefixes["query"].startswith("Instruct: ") and enc.prefixes["query"].endswith("\nQuery: ")
+    assert enc.prefixes["document"] == ""
+    ours = enc.encode(TEXTS, "query", batch_size=3)
+    torch.testing.assert_close(ours, _reference(enc, TEXTS, "query"), atol=1e-5, rtol=1e-5)  # unpadded, hand-built
+    out = enc.save(tmp_path / "model")
+    merged = SentenceTransformer(str(out), device="cpu")
+    torch.testing.assert_close(torch.as_tensor(merged.encode(TEXTS, prompt_name="query")), ours, atol=1e-5, rtol=0)
+    base = instantiate({**cfg.model, "peft": None})
+    st = SentenceTransformer(str(base.save(tmp_path / "base")), device="cpu")
+    st.load_adapter(str(out / "adapter"))
+    torch.testing.assert_close(torch.as_tensor(st.encode(TEXTS, prompt_name="query")), ours, atol=1e-5, rtol=0)
+
+
+def test_torch_dtype_bfloat16_loads_bf16_weights(tmp_path, isolated_cache):
+    """model.torch_dtype=bfloat16: bf16 weights (LoRA adapters stay float32), float32 embeddings near float32's."""
+    from hydra.utils import instantiate
+
+    cfg = _compose_train(tmp_path, ["model=tiny_qwen2", "model.torch_dtype=bfloat16", "model.peft.r=4"])
+    enc = instantiate(cfg.model)
+    dtypes = {n: p.dtype for n, p in enc.named_parameters()}
+    assert {d for n, d in dtypes.items() if ".lora_" not in n} == {torch.bfloat16}
+    assert {d for n, d in dtypes.items() if ".lora_" in n} == {torch.float32}
+    fp32 = instantiate({**cfg.model, "torch_dtype": None, "peft": None})
+    got = enc.encode(TEXTS, "query")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, fp32.encode(TEXTS, "query"), atol=5e-2, rtol=0)
+    assert enc.fingerprint() != fp32.fingerprint()
