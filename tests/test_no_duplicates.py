@@ -268,8 +268,24 @@ def test_table_row_hashes_of_scalar_passage_and_labelled_tables(tmp_path):
     }
     tevatron = build("tev.jsonl", json.dumps(tev) + "\n" + json.dumps({**tev, "query": "who barks"}) + "\n")
     labelled = build("l.csv", "sentence1,sentence2,label\na,b,1\nc  d,c d,0\n")
-    for ts in (csv, tevatron, labelled):
-        assert np.array_equal(row_hashes(ts, 0), _per_row(ts, 0))
+    mixed_rows = [  # negatives from a text column and a list column, positives from a list and a text column
+        {
+            "q": f"q{r}",
+            "p1": [f"p{r}"] * (1 + r % 2),
+            "p2": f"p{r} b",
+            "n1": f"x{r % 2}",
+            "n2": [f"y{r}_{j}" for j in range(r)],
+        }
+        for r in range(5)
+    ]
+    mixed_spec = {"anchor": "q", "positive": ["p1", "p2"], "negatives": ["n1", "n2"]}
+    mixed = [
+        build("mx.jsonl", "".join(json.dumps(r) + "\n" for r in mixed_rows), columns=mixed_spec, **extra)
+        for extra in ({"negatives_per_row": 2}, {"negatives_per_row": 3, "positives": "sample"})
+    ]
+    for ts in (csv, tevatron, labelled, *mixed):
+        for epoch in (0, 1):
+            assert np.array_equal(row_hashes(ts, epoch), _per_row(ts, epoch))
     assert row_hashes(csv, 0)[0, 1] == row_hashes(csv, 0)[0, 2]  # "a\u00a0b" and "a b": one text
 
 

@@ -156,11 +156,24 @@ class NoDuplicatePlan:
 
 
 def shared_rows(hashes: np.ndarray) -> np.ndarray:
-    """(N,) bool: rows holding a hash that occurs more than once in `hashes` (in any row or column)."""
-    flat = hashes.reshape(-1)
-    uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-    shared = (counts > 1) & (uniq != PAD)
-    return shared[inverse.reshape(-1)].reshape(hashes.shape).any(axis=1)
+    """(N,) bool: rows holding a hash that occurs more than once in `hashes` (in any row or column).
+
+    One sorted copy of the hashes finds the repeated values; rows are then looked up column by column, so the
+    scratch is about 2 x 8 bytes per hash (no `np.unique` inverse/counts arrays).
+    """
+    flat = np.sort(hashes, axis=None)
+    repeated = flat[1:][flat[1:] == flat[:-1]]
+    del flat
+    repeated = np.unique(repeated[repeated != PAD])
+    out = np.zeros(len(hashes), dtype=bool)
+    if len(repeated) == 0:
+        return out
+    for c in range(hashes.shape[1]):
+        col = hashes[:, c]
+        at = np.searchsorted(repeated, col)
+        at[at == len(repeated)] = 0
+        out |= repeated[at] == col
+    return out
 
 
 def plan_no_duplicates(

@@ -409,16 +409,16 @@ class TableRows(Sequence):
         self._hash_memo = (tag, out)
         return out
 
-    def _column_hashes(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _column_hashes(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
         """(counts, starts, flat) over table rows: row t's texts of column `name` are
-        flat[starts[t] : starts[t] + counts[t]] (text columns: one each)."""
+        flat[starts[t] : starts[t] + counts[t]]; text columns (one text per row): (None, None, flat)."""
         from embedexp.data.no_duplicates import hash_strings, text_hash
 
         col = self.table.column(name)
         n = self.table.num_rows
         shape = self.shapes[name]
         if shape == "text":
-            return np.ones(n, dtype=np.int64), np.arange(n, dtype=np.int64), hash_strings(col)
+            return None, None, hash_strings(col)
         counts = np.asarray(pc.fill_null(pc.list_value_length(col), 0), dtype=np.int64)
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
@@ -467,9 +467,22 @@ class TableRows(Sequence):
     def _gather(self, names: list[str], rows: np.ndarray, which: np.ndarray) -> np.ndarray:
         """Hash of text number `which[i]` of table row `rows[i]`, texts counted across `names` in order."""
         res = np.zeros(len(rows), dtype=np.int64)
+        if all(self.shapes[name] == "text" for name in names):  # one text per column: `which` is the column
+            for j, name in enumerate(names):
+                flat = self._column_hashes(name)[2]
+                if len(names) == 1:
+                    return flat[rows]
+                sel = which == j
+                res[sel] = flat[rows[sel]]
+            return res
         before = np.zeros(len(rows), dtype=np.int64)
         for name in names:
             counts, starts, flat = self._column_hashes(name)
+            if counts is None:  # a text column: one text, at table row t
+                sel = which == before
+                res[sel] = flat[rows[sel]]
+                before += 1
+                continue
             c = counts[rows]
             sel = (which >= before) & (which < before + c)
             res[sel] = flat[starts[rows[sel]] + which[sel] - before[sel]]
