@@ -270,3 +270,35 @@ def test_bi_encoder_first_stage_and_reranked_metrics_match_a_manual_pipeline(tin
     expected = {f"t/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ev.ks).items()}
     assert {k: v for k, v in got.items() if "ms_per_query" not in k} == expected
     assert expected != first  # the reranker changed the order, so the comparison means something
+
+
+def test_reranker_crash_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    """The shared checkpointing: a reranker run that dies after step 3 (checkpoint at step 2) and is resumed with
+    ckpt_path=last ends with the same weights and metrics as a run that never stopped."""
+    from safetensors.torch import load_file
+
+    import embedexp.checkpointing as ck
+    from embedexp.train import train
+
+    args = ["loss=rerank_listwise", "trainer.max_steps=4", "checkpoint.every_n_steps=2", "eval.rerank.top_k=2"]
+    full, crashed = tmp_path / "full" / "out", tmp_path / "crashed" / "out"
+    train(_cfg(full, *args))
+    original = ck.ResumableCheckpoint.on_train_batch_end
+
+    def crash_after_step_3(self, trainer, *a, **kw):
+        original(self, trainer, *a, **kw)
+        if trainer.global_step == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(ck.ResumableCheckpoint, "on_train_batch_end", crash_after_step_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_cfg(crashed, *args))
+    assert not (crashed / "results.json").exists() and (crashed / "checkpoints" / "last.ckpt").is_file()
+    monkeypatch.setattr(ck.ResumableCheckpoint, "on_train_batch_end", original)
+    train(_cfg(crashed, *args, "ckpt_path=last"))
+    a, b = json.loads((full / "results.json").read_text()), json.loads((crashed / "results.json").read_text())
+    assert a["steps"] == b["steps"] == 4 and b["resumed_from"].endswith("last.ckpt")
+    wa, wb = (load_file(str(run / "model" / "model.safetensors")) for run in (full, crashed))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    tuned = [{k: v["tuned"] for k, v in r["metrics"].items() if "ms_per_query" not in k} for r in (a, b)]
+    assert tuned[0] == tuned[1]
