@@ -182,9 +182,13 @@ def _compose(tmp_path, *overrides):
 
 def test_evaluate_writes_the_decision_section_json_and_plot(tmp_path, cross_encoder_dir, capsys):
     from embedexp.evaluate import evaluate
+    from embedexp.models import Encoder
+    from embedexp.models.tiny import build_tiny_bert
 
+    tuned = Encoder(str(build_tiny_bert(tmp_path / "other", seed=5))).save(tmp_path / "tuned")
     cfg = _compose(
         tmp_path,
+        f"tuned={tuned}",
         f"eval.decision.reranker=[{cross_encoder_dir}]",  # a list of one; setting it turns the table on
         "eval.decision.top_k=10",
         "eval.decision.batch_sizes=[1,8]",
@@ -200,9 +204,18 @@ def test_evaluate_writes_the_decision_section_json_and_plot(tmp_path, cross_enco
     assert "![decision](decision.png)" in section
     decision = json.loads((out / "results.json").read_text())["decision"]
     rows = decision["sets"]["demo_test"]["rows"]
-    assert [r["name"] for r in rows] == ["BM25", "BM25 + reranker", "bi-encoder base", "bi-encoder base + reranker"]
+    assert [(r["name"], r["vs"]) for r in rows] == [
+        ("BM25", None),
+        ("BM25 + reranker", "BM25"),
+        ("bi-encoder base", "BM25"),
+        ("bi-encoder base + reranker", "bi-encoder base"),
+        ("bi-encoder tuned", "bi-encoder base"),
+        ("bi-encoder tuned + reranker", "bi-encoder tuned"),
+    ]
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     assert rows[2]["ndcg@10"] == pytest.approx(metrics["demo_test/ndcg@10"]["base"], abs=1e-12)
+    assert rows[4]["ndcg@10"] == pytest.approx(metrics["demo_test/ndcg@10"]["tuned"], abs=1e-12)
+    assert rows[4]["comparison"]["delta"] == pytest.approx(metrics["demo_test/ndcg@10"]["delta"], abs=1e-12)
     assert decision["settings"]["reranker"] == [str(cross_encoder_dir)]
     assert set(rows[1]["ms_per_query"]) == {"1", "8"}
     png = (out / "decision.png").read_bytes()
