@@ -333,3 +333,18 @@ def test_positive_scores_only_pad_the_drawn_negatives_with_nan(tmp_path):
     )
     scores = ts.scores(0)
     assert len(ts.get(0)) == 4 and scores[0] == 0.5 and len(scores) == 3 and np.isnan(scores[1:]).all()
+
+
+def test_plan_without_shared_texts_is_the_order_cut_into_batches():
+    """The fast path (no text in two rows): consecutive slices of the order, like the general loop gives."""
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(1, 2**62, size=(103, 3))
+    order = rng.permutation(103)
+    sizes = batch_sizes(103, 10, 1, False)
+    plan = plan_no_duplicates(hashes, order, sizes)
+    assert plan.forced == 0 and [len(b) for b in plan.batches] == sizes
+    assert np.array_equal(np.concatenate(plan.batches), order[: sum(sizes)])
+    hashes[order[5], 0] = hashes[order[6], 1]  # a text shared within batch 0: the general path defers a row
+    general = plan_no_duplicates(hashes, order, sizes)
+    assert [len(b) for b in general.batches] == sizes and general.forced == 0
+    assert order[6] not in general.batches[0] and order[6] in general.batches[1]

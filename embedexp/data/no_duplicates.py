@@ -198,6 +198,9 @@ def plan_no_duplicates(
     """
     order = np.asarray(order, dtype=np.int64)
     risky = shared_rows(hashes)  # rows with a text that occurs elsewhere too; all others always fit
+    if not risky.any():  # no text occurs twice anywhere: the batches are consecutive slices of `order`
+        bounds = np.cumsum([0, *sizes])
+        return NoDuplicatePlan([order[a:b].copy() for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())], 0)
 
     def keys(r: int) -> set[int]:
         return {h for h in hashes[r].tolist() if h != PAD} if risky[r] else set()
