@@ -88,6 +88,7 @@ def test_checkpointed_gradients_equal_plain(case, tiny_model_dir, qwen2_dir):
     assert max(float((other[n] - g_plain[n]).abs().max()) for n in g_plain) > 1e-4
 
 
+@pytest.mark.slow  # the LoRA variant runs by default (tests/test_lora.py, case gradcache_checkpointing)
 def test_gradcache_with_checkpointing_equals_plain_big_batch(tiny_model_dir, tmp_path, monkeypatch):
     """Full fine-tuning, GradCache chunks of 3 over 8 rows, checkpointing on: the optimiser's gradients equal one
     plain (not checkpointed) backward over the whole batch under the step's RNG state (< 1e-6 absolute)."""
