@@ -33,6 +33,9 @@ def evaluate(cfg: DictConfig) -> dict:
 
     out_dir = Path(cfg.paths.output_dir)
     validate_config(cfg, "evaluate")
+    from embedexp.models.cross_encoder import check_bi_encoder
+
+    check_bi_encoder(cfg.model, "embedexp-evaluate")  # a reranker preset: one line, not a traceback
     scrub_files(out_dir, cfg)
     eval_cfg = container(cfg.eval)
     decision_cfg = eval_cfg.pop("decision", None) or {}  # the decision table is this command's option

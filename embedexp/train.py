@@ -47,6 +47,8 @@ def _fit(
 
     if hasattr(loss, "attach"):  # losses that own model parts (TSDAE's decoder) build them from the encoder
         loss.attach(encoder)
+    from embedexp.models.cross_encoder import CROSS_ENCODER, model_kind
+
     if model_kind(encoder) == CROSS_ENCODER:
         from embedexp.rerank_module import RerankModule
 
@@ -81,21 +83,6 @@ def _fit(
     return trainer
 
 
-CROSS_ENCODER = "cross_encoder"
-
-
-def model_kind(model_or_cfg) -> str:
-    """ "cross_encoder" or "bi_encoder": a model's (or a `model` preset's `_target_` class's) `kind` attribute."""
-    if hasattr(model_or_cfg, "get") and not isinstance(model_or_cfg, type):
-        from hydra.utils import get_class
-
-        try:
-            model_or_cfg = get_class(str(model_or_cfg.get("_target_")))
-        except Exception:  # an unknown target: instantiate reports it with its own message
-            return "bi_encoder"
-    return CROSS_ENCODER if getattr(model_or_cfg, "kind", None) == CROSS_ENCODER else "bi_encoder"
-
-
 def _no_column_tokens(texts, kind) -> dict:
     """A cross-encoder batch needs no per-column tokens: RerankModule tokenises (query, document) pairs."""
     return {}
@@ -110,6 +97,7 @@ def check_model_fits_loss(cfg: DictConfig, loss, optim_kwargs: dict) -> bool:
     """
     from embedexp.errors import ConfigError
     from embedexp.losses.config import loss_attr
+    from embedexp.models.cross_encoder import CROSS_ENCODER, model_kind
 
     model_name = cfg.model.get("name") or cfg.model.get("model_name_or_path")
     cross_model = model_kind(cfg.model) == CROSS_ENCODER

@@ -302,3 +302,16 @@ def test_reranker_crash_then_resume_matches_uninterrupted_run(tmp_path, monkeypa
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     tuned = [{k: v["tuned"] for k, v in r["metrics"].items() if "ms_per_query" not in k} for r in (a, b)]
     assert tuned[0] == tuned[1]
+
+
+def test_evaluate_refuses_a_cross_encoder_preset_in_one_line(tmp_path):
+    from embedexp.evaluate import evaluate
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            config_name="evaluate",
+            overrides=["data=demo", "model=cross_encoder_tiny", f"paths.output_dir={tmp_path / 'out'}"],
+        )
+    with pytest.raises(ConfigError, match=r"model=cross-encoder-tiny-random-bert is a cross-encoder \(reranker\)"):
+        evaluate(cfg)

@@ -40,6 +40,32 @@ log = logging.getLogger(__name__)
 ST_ACTIVATION = "torch.nn.modules.linear.Identity"  # predict() == our logit
 
 
+CROSS_ENCODER = "cross_encoder"
+
+
+def model_kind(model_or_cfg) -> str:
+    """ "cross_encoder" or "bi_encoder": the `kind` attribute of a model, or of a `model` preset's `_target_` class
+    (read without building the model; an unknown target counts as bi_encoder and fails later with its own line)."""
+    if hasattr(model_or_cfg, "get") and not isinstance(model_or_cfg, type):
+        from hydra.utils import get_class
+
+        try:
+            model_or_cfg = get_class(str(model_or_cfg.get("_target_")))
+        except Exception:
+            return "bi_encoder"
+    return CROSS_ENCODER if getattr(model_or_cfg, "kind", None) == CROSS_ENCODER else "bi_encoder"
+
+
+def check_bi_encoder(model_cfg, command: str) -> None:
+    """ConfigError (one line) if a command that embeds texts is given a cross-encoder preset."""
+    if model_kind(model_cfg) == CROSS_ENCODER:
+        name = model_cfg.get("name") or model_cfg.get("model_name_or_path")
+        raise ConfigError(
+            f"model={name} is a cross-encoder (reranker): {command} needs a bi-encoder model preset; evaluate a "
+            "reranker folder as a second stage with eval.rerank.model=<folder>, or train one with embedexp-train"
+        )
+
+
 @contextmanager
 def _quiet_transformers():
     """transformers 5 prints a LOAD REPORT table for a new head; we log one line of our own instead."""
