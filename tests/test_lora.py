@@ -126,6 +126,8 @@ def test_only_adapters_train_and_change(tiny_model_dir, tmp_path, monkeypatch):
     enc = lora_encoder(tiny_model_dir, random_b=False)
     before = {n: p.detach().clone() for n, p in enc.named_parameters()}
     fp_before = enc.fingerprint()
+    # a fresh adapter (B = 0) is the base model: the same fingerprint, so cached base results are reused
+    assert fp_before == Encoder(str(tiny_model_dir), max_seq_length=32).fingerprint()
     trainable, total = enc.trainable_parameters()
     adapters = {n for n, p in enc.named_parameters() if p.requires_grad}
     assert adapters and all(".lora_A." in n or ".lora_B." in n for n in adapters)

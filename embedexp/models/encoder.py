@@ -441,16 +441,28 @@ class Encoder(nn.Module):
 
     # ---------------------------------------------------------------- identity
     def fingerprint(self) -> str:
-        """Hash of weights + everything that changes embeddings; keys caches of base-model results."""
+        """Hash of weights + everything that changes embeddings; keys caches of base-model results.
+
+        With LoRA: the base weights under their own names (the hash of the same model without LoRA), then, once
+        any adapter is non-zero (B starts at zero), the LoRA settings and adapter weights. A fresh adapter is
+        the base model (reuses its cached base results); a trained one has its own hash.
+        """
         h = hashlib.blake2b(digest_size=16)
         h.update(json.dumps(self.settings(), sort_keys=True).encode())
         if self._eos_added:  # these texts now end with EOS: not the embeddings that older runs cached
             h.update(b"eos_appended")
-        if self.peft is not None:  # alpha / r scale the adapter's output: not in the weights
-            h.update(json.dumps({"peft": self.peft}, sort_keys=True).encode())
-        for k, v in sorted(self.backbone.state_dict().items()):
+        if lora.is_peft_model(self.backbone):
+            base, adapters = lora.split_state_dict(self.backbone)
+        else:
+            base, adapters = self.backbone.state_dict(), {}
+        for k, v in sorted(base.items()):
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if any(k.endswith("lora_B.weight") and bool(v.any()) for k, v in adapters.items()):
+            h.update(json.dumps({"peft": self.peft}, sort_keys=True).encode())  # alpha / r scale the update
+            for k, v in sorted(adapters.items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
 
     def settings(self) -> dict:

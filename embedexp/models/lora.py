@@ -184,6 +184,22 @@ def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def split_state_dict(peft_model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(base weights under the base model's own key names, adapter weights under peft's adapter key names).
+
+    The base half is what `state_dict()` of the model without LoRA holds (same keys, same tensors); the adapter
+    half is what `peft_model.save_pretrained` writes (`peft.get_peft_model_state_dict`).
+    """
+    from peft import get_peft_model_state_dict
+
+    base = {
+        k.replace(".base_layer.", "."): v
+        for k, v in peft_model.get_base_model().state_dict().items()
+        if ".lora_" not in k
+    }
+    return base, get_peft_model_state_dict(peft_model)
+
+
 def trainable_parameters(module: nn.Module) -> tuple[int, int]:
     """(parameters that require grad, all parameters) of `module`, counted in elements."""
     trainable = total = 0
