@@ -7,6 +7,8 @@ from embedexp.losses.gist import GISTLoss
 from embedexp.losses.infonce import InfoNCELoss
 from embedexp.losses.margin_mse import MarginMSELoss
 from embedexp.losses.matryoshka import MatryoshkaLoss
+from embedexp.losses.rerank_bce import RerankBCELoss
+from embedexp.losses.rerank_listwise import RerankListwiseLoss
 from embedexp.losses.triplet import TripletLoss
 from embedexp.losses.tsdae import TSDAELoss
 
@@ -21,4 +23,6 @@ __all__ = [
     "MatryoshkaLoss",
     "MarginMSELoss",
     "DistillKLLoss",
+    "RerankBCELoss",
+    "RerankListwiseLoss",
 ]
