@@ -58,7 +58,8 @@ def test_every_group_option_composes(group, option, isolated_cache):
 def test_every_experiment_composes(experiment, isolated_cache):
     cfg = _compose("train", [f"experiment={experiment}"])
     _resolve_all(cfg)
-    assert cfg.model._target_ == "embedexp.models.Encoder"
+    expected = {"scifact_reranker": "embedexp.models.cross_encoder.CrossEncoderModel"}
+    assert cfg.model._target_ == expected.get(experiment, "embedexp.models.Encoder")
 
 
 def test_evaluate_config_composes(isolated_cache):
