@@ -261,6 +261,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
     from matplotlib.ticker import FuncFormatter
 
     plain = FuncFormatter(lambda v, _: f"{v:g}")
+    sparse = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else "")  # minor ticks: 2x and 5x only
     last: dict[tuple[str, int], dict] = {}
     for r in rows:
         last[(r["stage"], int(r["docs"]))] = r
@@ -283,7 +284,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> Path:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(sparse)
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("corpus size (documents)")
         ax.set_ylabel(label)
