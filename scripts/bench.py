@@ -52,6 +52,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rss import own_peak_mib  # noqa: E402  (VmHWM: not the parent's peak, as ru_maxrss would be)
+
 DEFAULT_DATA = os.environ.get("EMBEDEXP_DATA", str(ROOT.parent / "shared" / "data"))
 RESULTS_MARK = "bench.py results"
 PARTS = ("train", "mfu", "eval")
@@ -161,13 +164,11 @@ def _compose(overrides: list[str]):
 
 
 def _process_info() -> dict:
-    """Whether embedexp's allocator tuning is in effect in this worker (embedexp/runtime.py), and its peak RSS."""
-    import resource
-
+    """Whether embedexp's allocator tuning is in effect in this worker (embedexp/runtime.py), and its own peak RSS."""
     runtime = sys.modules.get("embedexp.runtime")  # imported only by embedexp's workers (its commands' setup)
     return {
         "malloc_tuning": bool(runtime and runtime.allocator_tuned()),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": own_peak_mib(),
     }
 
 

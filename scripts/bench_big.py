@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rss import peak_rss_of  # noqa: E402  (the launcher shared by the bench scripts)
+
 RESULTS_MARK = "bench_big.py results"
 ROWS = ("full", "lora", "lora_gc")
 FULL_SIZE = {"hidden_size": 768, "layers": 12, "heads": 12, "kv_heads": 2, "intermediate_size": 3072}
@@ -122,6 +125,93 @@ def row_overrides(row: str, r: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- one row, in a fresh process
+class PhaseLog:
+    """RSS at the phases of one row (`--phases`): each record is (phase, RSS now, peak since the previous record,
+    anonymous / file-backed RSS, in MiB); the peak is reset after each record (`_rss.reset_peak`), so it is the
+    peak *within* that phase. `saved` records the bytes of the distinct tensors autograd saved for backward in
+    one forward (activations; parameters excluded), via `torch.autograd.graph.saved_tensors_hooks`.
+    """
+
+    def __init__(self) -> None:
+        from _rss import reset_peak
+
+        self.records: list[dict] = []
+        self.max_peak = 0.0
+        self.resettable = reset_peak()
+
+    def mark(self, phase: str, **extra) -> None:
+        from _rss import malloc_info, reset_peak, rss_now
+
+        now, heap = rss_now(), malloc_info()
+        self.max_peak = max(self.max_peak, now.get("VmHWM", 0.0))
+        self.records.append(
+            {
+                "phase": phase,
+                "rss": now.get("VmRSS"),
+                "peak": now.get("VmHWM"),
+                "anon": now.get("RssAnon"),
+                **heap,
+                **extra,
+            }
+        )
+        if self.resettable:
+            reset_peak()
+
+    def callback(self, params):
+        """A Lightning callback marking the training phases; `params`: the module's parameters (not counted as
+        saved activations)."""
+        import lightning as L
+        import torch
+
+        log = self
+        param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+
+        class Phases(L.Callback):
+            def __init__(self) -> None:
+                self.saved: dict[int, int] = {}
+                self.hooks = None
+
+            def _pack(self, t):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in param_ptrs:
+                    self.saved[ptr] = t.untyped_storage().nbytes()
+                return t
+
+            def on_train_start(self, trainer, module):
+                log.mark("train start (optimizer built)")
+
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                log.mark(f"step {batch_idx + 1}: before forward")
+                self.saved = {}
+                self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+                self.hooks.__enter__()
+
+            def on_before_backward(self, trainer, module, loss):
+                if self.hooks is not None:
+                    self.hooks.__exit__(None, None, None)
+                    self.hooks = None
+                log.mark(f"step {trainer.global_step + 1}: forward", saved_mib=sum(self.saved.values()) / 2**20)
+
+            def on_after_backward(self, trainer, module):
+                grads = sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None)
+                log.mark(f"step {trainer.global_step + 1}: backward", grads_mib=grads / 2**20)
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                opt = trainer.optimizers[0]
+                state = sum(
+                    v.numel() * v.element_size()
+                    for st in opt.state.values()
+                    for v in st.values()
+                    if isinstance(v, torch.Tensor)
+                )
+                log.mark(f"step {batch_idx + 1}: optimizer step", optimizer_state_mib=state / 2**20)
+
+            def on_train_end(self, trainer, module):
+                log.mark("train end")
+
+        return Phases()
+
+
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
@@ -165,9 +255,14 @@ def worker(job: dict) -> dict:
         ]
         + row_overrides(job["row"], job["r"])
     )
+    phases = PhaseLog() if job.get("phases") else None
+    if phases:
+        phases.mark("imports + config")
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
     encoder = instantiate(cfg.model)
+    if phases:
+        phases.mark("Encoder built (LoRA wrap included)")
     with torch.no_grad():  # every weight resident, also in the `load` row (safetensors may map them lazily)
         touched = sum(float(p.float().sum()) for p in encoder.parameters())
     out = {
@@ -193,7 +288,10 @@ def worker(job: dict) -> dict:
                 self.marks.append(time.perf_counter())
 
         clock = StepClock()
-        _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, Path(job["tmp"]), [clock], [])
+        callbacks = [clock] + ([phases.callback(list(encoder.parameters()))] if phases else [])
+        if phases:
+            phases.mark("weights touched, data + loss built")
+        _fit(encoder, loss, datamodule, trainer_kwargs, optim_kwargs, Path(job["tmp"]), callbacks, [])
         times = [b - a for a, b in zip(clock.marks, clock.marks[1:])][job["warmup"] :]
         out.update(
             step_s=statistics.median(times),
@@ -203,39 +301,13 @@ def worker(job: dict) -> dict:
             gradient_checkpointing=bool(getattr(encoder.backbone, "is_gradient_checkpointing", False)),
         )
     out["self_maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if phases:
+        phases.mark("end")
+        out["phases"] = phases.records
+        out["phases_max_peak_mib"] = phases.max_peak  # ru_maxrss is lowered by the resets: this is the row's peak
     out["threads"] = torch.get_num_threads()
     out["torch"] = torch.__version__
     return out
-
-
-# A small launcher between the caller and the measured command: Linux folds the memory high-water mark of the
-# process image that exec() replaces into the new program's ru_maxrss, and Python starts children with vfork (the
-# caller's own image), so a child started directly from a big process (pytest, or this script after building
-# the model) reports at least its parent's peak. The launcher is a fresh ~10 MiB interpreter: its child's
-# ru_maxrss is that child's own peak. It prints the peak (KiB) on the last line of stderr.
-_LAUNCHER = (
-    "import os, subprocess, sys\n"
-    "p = subprocess.Popen(sys.argv[1:])\n"
-    "_, status, usage = os.wait4(p.pid, 0)\n"
-    "sys.stderr.write(f'\\n@peak_rss_kib={usage.ru_maxrss}\\n')\n"
-    "sys.exit(os.waitstatus_to_exitcode(status))\n"
-)
-
-
-def peak_rss_of(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> tuple[int, str, str, float]:
-    """Run `cmd` as a fresh process: (exit status, stdout, stderr, its peak resident set size in MiB).
-
-    The peak is the kernel's ru_maxrss of that one process (`os.wait4` on it: the per-child form of
-    getrusage(RUSAGE_CHILDREN), which would report the largest of all children waited for so far), measured by
-    a small launcher process so that the caller's own memory is not counted (see `_LAUNCHER`).
-    """
-    proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env, cwd=cwd, check=False
-    )
-    err, _, tail = proc.stderr.rpartition("\n@peak_rss_kib=")
-    if not tail.strip().isdigit():
-        raise RuntimeError(f"the launcher did not report a peak (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return proc.returncode, proc.stdout, err, int(tail) / 1024
 
 
 def run_row(job: dict) -> dict:

@@ -6,7 +6,7 @@ For each dataset and backend, one fresh subprocess (so peak RSS is that backend'
   index s   tokenising the corpus + building the index
   query s   tokenising all TRAIN queries (the mining workload) + scoring them against the whole corpus + top-k
             (best of 3; rank_bm25 once); wall seconds and, as the machine is shared, CPU seconds of the process
-  peak RSS  the process' ru_maxrss, and its growth over the RSS after the data was loaded (the index's cost)
+  peak RSS  the process' own peak (VmHWM, scripts/_rss.py), and its growth over the RSS after the data was loaded (the index's cost)
   nDCG@10   on the TEST queries (embedexp.eval.metrics, trec_eval's definitions), top-100 retrieved
 Tokens: embedexp's miner default (regex \\w+, lower-cased, English stop words) for the first three rows, and a
 fourth row with bm25s' own default tokenizer (`bm25s.tokenize`: \\w\\w+, lower-cased, English stop words).
@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rss import own_peak_mib  # noqa: E402  (VmHWM: not the parent's peak, as ru_maxrss would be)
 
 BACKENDS = ("bm25s", "fast", "reference", "bm25s-own-tokenizer")
 
@@ -111,7 +112,7 @@ def run_one(root: Path, backend: str, top_k: int, repeats: int = 3) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         search(tokens(train_queries), top_k)
         t_query, c_query = min(t_query, time.perf_counter() - t0), min(c_query, time.process_time() - c0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = own_peak_mib()
     idx, sc = search(tokens(test.queries), top_k)
     run = {
         qid: [(test.doc_ids[j], float(s)) for j, s in zip(row_i.tolist(), row_s.tolist()) if s > 0]

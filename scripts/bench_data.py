@@ -6,7 +6,7 @@ a temp folder; for each, a fresh child process goes from the config to one train
 opened with `datasets`, converted once to Arrow in an empty cache and memory-mapped), tokenise one batch
 with the tiny model's tokenizer, encode it and take one optimizer step of the InfoNCE loss. A `base` child
 does the same with a 10-row file: the imports' and the model's own footprint. Peak RSS is the child's
-`ru_maxrss` (anonymous + file-backed pages: the memory-mapped Arrow table's pages that were read count too; the
+VmHWM, its own peak (not ru_maxrss, which holds the parent's: scripts/_rss.py; anonymous + file-backed pages: the memory-mapped Arrow table's pages that were read count too; the
 split at the end of the run is reported beside it); the 1M-row run is also repeated with the Arrow cache warm (a second run on the same data).
 
     .venv/bin/python scripts/bench_data.py [--rows 1000000 10000] [--write-docs docs/data.md]
@@ -55,10 +55,10 @@ loss.backward()
 opt.step()
 t_step = time.perf_counter()
 ru = resource.getrusage(resource.RUSAGE_SELF)
-status = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("RssAnon", "RssFile")))
+status = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("RssAnon", "RssFile", "VmHWM")))
 print(json.dumps({"rss_anon_mb": int(status["RssAnon"].split()[0]) / 1024, "rss_file_mb": int(status["RssFile"].split()[0]) / 1024,"rows": len(ts), "imports_and_config_s": t_cfg - t0, "load_s": t_data - t_cfg,
                   "cpu_s": ru.ru_utime + ru.ru_stime,
-                  "first_step_s": t_step - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
+                  "first_step_s": t_step - t0, "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024,  # own peak, not the parent's (scripts/_rss.py)
                   "fingerprint": ts.fingerprint(), "loss": float(loss)}))
 """
 

@@ -1,7 +1,7 @@
 """GradCache benchmark: step time and peak memory vs batch size, plain vs cached, beside
 sentence-transformers' CachedMultipleNegativesRankingLoss on the same model, batch and chunk size.
 
-Each (method, batch) runs in its own subprocess so peak RSS (ru_maxrss) belongs to that run alone.
+Each (method, batch) runs in its own subprocess so peak RSS (VmHWM, scripts/_rss.py: not ru_maxrss, which holds the parent's peak) belongs to that run alone.
 Step time = median over --steps steps after one warm-up step; fp32, dropout on, InfoNCE (scale 20).
 
     python scripts/bench_gradcache.py                       # MiniLM, batches 32..1024, chunk 32
@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rss import own_peak_mib  # noqa: E402  (VmHWM: not the parent's peak, as ru_maxrss would be)
 
 
 def _pairs(n: int, data_root: Path) -> list[tuple[str, str]]:
@@ -99,7 +100,7 @@ def _worker(method: str, batch: int, chunk: int, max_len: int, steps: int, data_
         "batch": batch,
         "step_s": statistics.median(times),
         "loss": losses[-1],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": own_peak_mib(),
     }
 
 

@@ -8,7 +8,7 @@ Data (seeded, `make_corpus`): documents of 5 + Poisson(40) words drawn from a Zi
 p(rank r) ~ 1 / r^1.07, English-like), and `--queries` queries of 5 words sampled from one document each, which is
 their one relevant document (qrels grade 1).
 
-Stages, each in its own subprocess so its peak RSS (ru_maxrss) is its own:
+Stages, each in its own subprocess so its peak RSS (VmHWM, scripts/_rss.py) is its own:
   encode     the tiny random BERT (embedexp/models/tiny.py, dim 32, max_seq_length 64) encodes queries + corpus
              once; the embeddings are saved (float32 .npy) for the next stages, so encoding is timed once
   bm25-fast  BM25Miner(backend=fast).mine(): tokenise, index, top-100 of every query, filters, 1 negative per row
@@ -37,6 +37,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _rss import own_peak_mib  # noqa: E402  (VmHWM: not the parent's peak, as ru_maxrss would be)
 
 STAGES = ("encode", "bm25-fast", "bm25s", "dense", "eval", "faiss")
 VOCAB = 100_000
@@ -50,7 +52,7 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return own_peak_mib()
 
 
 def _cpu_s() -> float:

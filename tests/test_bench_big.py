@@ -37,6 +37,33 @@ def test_peak_rss_is_measured_per_child():
     assert len(held) == 512 << 20
 
 
+def _child_peak(code: str) -> tuple[float, float]:
+    """(reported peak, ru_maxrss) of a child started directly from this (big) pytest process, in MiB."""
+    prog = f"import resource, sys\n{code}\nprint(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    out = subprocess.run([sys.executable, "-c", prog], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    peak, maxrss = map(float, out.split()[-2:])
+    return peak, maxrss
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "sys.path.insert(0, 'scripts'); from _rss import own_peak_mib; peak = own_peak_mib()",
+        "import runpy; peak = runpy.run_path('scripts/bench.py', run_name='b')['_process_info']()['peak_rss_mb']",
+        "import runpy; peak = runpy.run_path('scripts/bench_scale.py', run_name='b')['_peak_mb']()",
+    ],
+    ids=["_rss", "bench.py", "bench_scale.py"],
+)
+def test_bench_children_report_their_own_peak_not_the_parents(code):
+    """A child started from a process holding 512 MiB: its ru_maxrss has that floor (the kernel's hiwater of
+    the image exec replaced), the peak the benches' children report does not."""
+    held = b"\x03" * (512 << 20)
+    peak, maxrss = _child_peak(code)
+    assert maxrss >= 512, maxrss  # the floor is real here, so the test can fail
+    assert peak < 200, (peak, maxrss)
+    assert len(held) == 512 << 20
+
+
 def test_full_size_model_has_about_100m_parameters(tmp_path):
     import torch
     from transformers import Qwen2Model
@@ -70,6 +97,7 @@ def test_lora_gc_row_trains_adapters_only_through_embedexp(tmp_path):
         "warmup": 1,
         "r": 4,
         "tmp": str(tmp_path / "run"),
+        "phases": True,
     }
     r = bench.worker(job)
     h, i, kv = size["hidden_size"], size["intermediate_size"], size["kv_heads"] * size["hidden_size"] // size["heads"]
@@ -79,6 +107,12 @@ def test_lora_gc_row_trains_adapters_only_through_embedexp(tmp_path):
     assert r["gradient_checkpointing"] is True
     assert r["shapes"] == [[4, 32], [4, 32]]
     assert len(r["losses"]) == 2 and all(x == x and abs(x) < 100 for x in r["losses"])
+    phases = {p["phase"]: p for p in r["phases"]}
+    assert phases["step 1: forward"]["saved_mib"] > 0
+    grads = 4 * r["trainable"] / 2**20  # fp32: only the adapters have gradients
+    assert phases["step 1: backward"]["grads_mib"] == pytest.approx(grads)
+    assert phases["step 2: optimizer step"]["optimizer_state_mib"] >= 2 * grads  # AdamW: exp_avg + exp_avg_sq
+    assert r["phases_max_peak_mib"] >= max(p["peak"] for p in r["phases"])
 
 
 def test_table_reports_ratios_and_the_target():
