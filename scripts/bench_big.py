@@ -321,7 +321,9 @@ def run_row(job: dict) -> dict:
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     if rc != 0 or not lines:
         raise RuntimeError(f"bench row {job['row']} failed (exit {rc}):\n{err[-3000:]}")
-    return {**json.loads(lines[-1]), "peak_rss_mib": peak}
+    res = json.loads(lines[-1])
+    # --phases resets VmHWM (and so ru_maxrss) after each phase: the row's peak is then the largest phase peak
+    return {**res, "peak_rss_mib": max(peak, res.get("phases_max_peak_mib", 0.0))}
 
 
 # ---------------------------------------------------------------- table
@@ -368,6 +370,23 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+def phase_table(records: list[dict]) -> str:
+    """`PhaseLog` records as a markdown table (MiB): RSS at the end of each phase, the peak within it, glibc's
+    live (`in_use`) and freed-but-kept (`free_kept`) heap bytes, and what was counted there (saved activations,
+    gradients, optimiser state)."""
+    lines = [
+        "| phase | RSS | peak in phase | malloc in use | malloc free, kept | counted |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for p in records:
+        counted = ", ".join(f"{k[:-4]} {v:.0f}" for k, v in p.items() if k.endswith("_mib"))
+        lines.append(
+            f"| {p['phase']} | {p['rss'] or 0:.0f} | {p['peak'] or 0:.0f} | {p.get('in_use', float('nan')):.0f} | "
+            f"{p.get('free_kept', float('nan')):.0f} | {counted} |"
+        )
+    return "\n".join(lines)
+
+
 def machine_info() -> dict:
     """CPU model, cores and load average (torch's version and threads come from the rows' own processes)."""
     cpu = platform.processor() or platform.machine()
@@ -396,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tiny decoder, seq 32, batch 4, 2 steps: a smoke test")
     ap.add_argument("--model-dir", default=None, help="reuse (or build here) the decoder folder")
     ap.add_argument("--out", default=None, help="default docs/big_models.md (--quick: outputs/bench_big_quick.md)")
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="diagnostics: print each row's RSS / malloc in-use / saved activations per phase (phase_table); "
+        "the docs page is not written",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -447,8 +472,13 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "r": args.lora_r,
                 "tmp": str(Path(tmp) / row),
+                "phases": args.phases,
             }
             r = run_row(job)
+            if args.phases:
+                print(
+                    f"{row} (peak RSS {r['peak_rss_mib']:.0f} MiB):\n{phase_table(r.get('phases', []))}\n", flush=True
+                )
             res["rows"][row] = r
             step = (
                 f", step {r['step_s']:.2f} s, loss {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}"
@@ -459,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {row:8s} peak RSS {r['peak_rss_mib']:8.0f} MiB, trainable {r['trainable']:,} of {r['params']:,}{step}",
                 flush=True,
             )
+    if args.phases:
+        return 0
     text = render(res)
     print("\n" + text)
     write_results(out, text, res)
