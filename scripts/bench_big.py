@@ -3,6 +3,7 @@
     python scripts/bench_big.py                # the table in docs/big_models.md (~100M Qwen2, seq 256, batch 8)
     python scripts/bench_big.py --quick        # a tiny decoder, seconds: the smoke test (outputs/bench_big_quick.md)
     python scripts/bench_big.py --steps 5 --batch 16 --seq-len 512 --out outputs/bench_big.md
+    python scripts/bench_big.py --phases --rows lora --batch 4 --steps 1   # where the memory goes, per phase
 
 The model is a Qwen2 decoder with random weights built offline (the tiny Qwen2 tokenizer of
 `embedexp.models.tiny.build_tiny_decoder`, whose vocabulary is small, so nearly every parameter is in the 12
@@ -20,7 +21,7 @@ Rows (`model.*` overrides):
 Memory: each row runs in its OWN fresh subprocess and its peak resident set size is the kernel's `ru_maxrss` of
 that one child (`os.wait4`, the per-child form of getrusage(RUSAGE_CHILDREN): weights, gradients, optimiser
 state, activations, allocator caches, the Python and torch runtime: what the machine must have), started from a
-small launcher process so that no parent's memory is folded into it (`peak_rss_of`); this script itself
+small launcher process so that no parent's memory is folded into it (`peak_rss_of`, scripts/_rss.py); this script itself
 imports no torch and builds the model in a child too. A `load` child
 imports the same modules and builds the same Encoder, then exits: "training increment" = row peak - load peak, the
 memory training itself adds. Ratios are to full fine-tuning. Step time: median of `--steps` optimiser steps after
