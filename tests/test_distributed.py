@@ -125,6 +125,7 @@ def test_step_gradient_equals_single_process_big_batch(case, tiny_model_dir, tmp
     assert _rel_err(other, ref) > 1e-3
 
 
+@pytest.mark.slow  # ~80 s of spawned DDP processes on 2 loaded cores; the gradient cases above cover DDP + GradCache
 def test_gradcache_does_one_allreduce_schedule_per_step(tiny_model_dir, tmp_path):
     """DDP + GradCache with 4 chunks per column triggers exactly the all-reduces of a plain DDP step."""
     rows = _rows(8)

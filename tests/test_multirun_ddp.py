@@ -43,6 +43,7 @@ def _weights(model_dir: Path) -> dict:
     return {f"{f.relative_to(model_dir)}:{k}": v for f in files for k, v in load_file(str(f)).items()}
 
 
+@pytest.mark.slow  # ~150 s; test_slurm.py::test_two_job_sweep_runs_on_slurm runs a DDP sweep in the default run
 def test_multirun_with_ddp_jobs_makes_one_complete_sweep(tmp_path):
     import torch
 

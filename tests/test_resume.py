@@ -49,7 +49,12 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("extra", [[], ["trainer.grad_cache.chunk_size=3"]], ids=["plain", "grad_cache"])
+@pytest.mark.parametrize(
+    "extra",
+    # the GradCache case (~65 s) runs with -m slow: the plain case keeps the SIGKILL/resume path in the default run
+    [[], pytest.param(["trainer.grad_cache.chunk_size=3"], marks=pytest.mark.slow)],
+    ids=["plain", "grad_cache"],
+)
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, isolated_cache, extra):
     env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
