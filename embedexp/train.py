@@ -303,6 +303,16 @@ def _selection_markdown(selection, out_dir: Path) -> str:
     return md
 
 
+def _memory_first(model_cfg) -> None:
+    """LoRA and gradient checkpointing are chosen to save memory: let the allocator return freed blocks too."""
+    from embedexp.runtime import prefer_low_memory
+
+    peft = model_cfg.get("peft") if hasattr(model_cfg, "get") else None
+    lora = bool(peft and peft.get("r"))
+    if lora or model_cfg.get("gradient_checkpointing"):
+        prefer_low_memory("model.peft.r" if lora else "model.gradient_checkpointing")
+
+
 def train(cfg: DictConfig) -> dict:
     validate_config(cfg, "train")  # types, ranges, paths: before any data or model loads (or heavy import)
     from embedexp.progress import configure
@@ -356,6 +366,7 @@ def train(cfg: DictConfig) -> dict:
         selection = _selection(cfg, datamodule, evaluator)
 
     # 2. the model; its base results are computed (or read from cache) before any training
+    _memory_first(cfg.model)
     encoder = instantiate(cfg.model)
     trainable, total = encoder.trainable_parameters()
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100.0 * trainable / max(total, 1))
