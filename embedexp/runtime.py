@@ -36,6 +36,18 @@ TRIM_THRESHOLD = 2**31 - 1  # (int max) never hand the free top of the heap back
 _applied: bool | None = None
 
 
+def _mallopt(mmap_threshold: int, trim_threshold: int) -> bool:
+    """Set glibc's mmap and trim thresholds (bytes); True when both were accepted."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return (
+            libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1
+        )
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has mallopt
+        return False
+
+
 def tune_cpu_allocator() -> bool:
     """Keep freed memory for reuse (glibc only; a no-op elsewhere or with EMBEDEXP_MALLOC_TUNING=0).
 
@@ -47,14 +59,7 @@ def tune_cpu_allocator() -> bool:
     _applied = False
     if os.environ.get("EMBEDEXP_MALLOC_TUNING", "1") in ("0", "memory") or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (
-            libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        )
-    except (OSError, AttributeError):  # pragma: no cover - glibc always has mallopt
-        ok = False
+    ok = _mallopt(MMAP_THRESHOLD, TRIM_THRESHOLD)
     if not ok:  # pragma: no cover
         log.debug("mallopt was refused; the allocator keeps its defaults")
     _applied = ok
@@ -73,17 +78,9 @@ def prefer_low_memory(reason: str) -> bool:
     Returns whether the setting is in effect.
     """
     global _applied
-    mode = os.environ.get("EMBEDEXP_MALLOC_TUNING", "1")
-    if mode in ("0", "speed") or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("EMBEDEXP_MALLOC_TUNING", "1") in ("0", "speed") or platform.libc_ver()[0] != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = (
-            libc.mallopt(_M_MMAP_THRESHOLD, LOW_MEMORY_MMAP_THRESHOLD) == 1
-            and libc.mallopt(_M_TRIM_THRESHOLD, LOW_MEMORY_TRIM_THRESHOLD) == 1
-        )
-    except (OSError, AttributeError):  # pragma: no cover - glibc always has mallopt
-        ok = False
+    ok = _mallopt(LOW_MEMORY_MMAP_THRESHOLD, LOW_MEMORY_TRIM_THRESHOLD)
     if ok:
         _applied = False  # the speed setting is no longer in effect
         log.info(
