@@ -232,7 +232,7 @@ def worker(job: dict) -> dict:
     from hydra.utils import instantiate
 
     from embedexp.data.train_sets import TrainSet
-    from embedexp.train import _fit
+    from embedexp.train import _fit, _memory_first
     from embedexp.trainer.config import split_trainer_cfg
 
     steps = job["warmup"] + job["steps"]
@@ -261,6 +261,7 @@ def worker(job: dict) -> dict:
         phases.mark("imports + config")
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
+    _memory_first(cfg.model)  # as embedexp.train.train: LoRA / checkpointing rows return freed blocks to the kernel
     encoder = instantiate(cfg.model)
     if phases:
         phases.mark("Encoder built (LoRA wrap included)")
