@@ -27,3 +27,21 @@ def atomic_write(path: str | Path, data: str | bytes | Callable[[Any], None], bi
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def replace_folder(tmp: str | Path, path: str | Path) -> Path:
+    """Move the finished folder `tmp` to `path`; an existing `path` is moved aside first, not deleted.
+
+    A crash at any moment leaves the previous folder (at `path` or at `<path>.old`) or the new one intact.
+    Returns `path`. Raises OSError from the file system.
+    """
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from embedexp.errors import ConfigError, ModelError
+from embedexp.io import replace_folder
 from embedexp.models.encoder import _looks_like_path, check_model_folder
 from embedexp.models.limits import check_max_seq_length, folder_limit
 from embedexp.progress import progress_bar
@@ -241,13 +241,7 @@ class CrossEncoderModel(nn.Module):
         cfg["sentence_transformers"] = {"activation_fn": ST_ACTIVATION}
         cfg["embedexp"] = self.settings()
         cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-        return path
+        return replace_folder(tmp, path)
 
     @classmethod
     def from_exported(cls, path: str | Path, **overrides) -> "CrossEncoderModel":

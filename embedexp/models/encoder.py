@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedexp.errors import ConfigError, ModelError
+from embedexp.io import replace_folder
 from embedexp.models import cpu_dropout, lora
 from embedexp.models.limits import check_max_seq_length, config_limit, folder_limit
 from embedexp.models.pooling import POOLING_MODES, pool
@@ -541,13 +542,7 @@ class Encoder(nn.Module):
                 "embedexp": self.settings(),
             },
         )
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():  # moved aside, not deleted: a crash here leaves the previous model intact beside it
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-        return path
+        return replace_folder(tmp, path)
 
     @classmethod
     def from_exported(cls, path: str | Path, **overrides) -> "Encoder":
