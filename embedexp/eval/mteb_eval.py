@@ -286,6 +286,7 @@ def _hint(task, name: str, key: str) -> str:
         "sts": "{type: sts, path: <score/sentence1/sentence2 tsv>}",
         "classification": "{type: classification, root: <folder with train.tsv, test.tsv>}",
         "clustering": "{type: clustering, path: <sentences/labels jsonl>}",
+        "reranking": "{type: reranking, path: <query/positive/negative jsonl>}",
     }.get(kind, "{...}")
     subset = ", subset: <one of its subsets>" if task.metadata.is_multilingual else ""
     return f"{key}.local_data.{name}={shape[:-1]}{subset}}}"
@@ -340,8 +341,8 @@ class MtebEvaluation:
         tasks: named mteb tasks (`[STSBenchmark, SciFact]`).
         local_sets: also run each of our eval sets (`eval_sets`, with their config `set_specs`) as an mteb task
             (off by default: they are already scored by our own evaluator).
-        local_data: task name -> local-data spec (`type`: retrieval | sts | classification | clustering, `root`/`path`,
-            `split`, `subset` for multilingual tasks) read instead of mteb's download.
+        local_data: task name -> local-data spec (`type`: retrieval | sts | classification | clustering | reranking,
+            `root`/`path`, `split`, `subset` for multilingual tasks) read instead of mteb's download.
         metrics: which score names to report (main_score is always kept); None = every numeric score.
         result_cache: keep mteb's result files under MTEB_CACHE (per model name/revision/data); off = no cache.
         overwrite_strategy: mteb's: always | never | only-missing | only-cache.

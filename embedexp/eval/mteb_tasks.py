@@ -5,13 +5,20 @@ class and overriding only `load_data` (mteb's documented extension point for whe
 
 | local `type`     | mteb task types                         | mteb's evaluation                                 |
 |------------------|-----------------------------------------|---------------------------------------------------|
-| `retrieval`      | Retrieval, Reranking, InstructionRetrieval | exact cosine search, nDCG@10 (pytrec_eval)      |
+| `retrieval`      | Retrieval, InstructionRetrieval (Reranking: full-corpus search) | exact cosine search, nDCG@10 (pytrec_eval) |
+| `reranking`      | Reranking                               | each query's own candidates ranked by cosine, MAP@1000 / MRR@10 |
 | `sts`            | STS                                     | cosine Spearman against the gold scores           |
 | `classification` | Classification                          | logistic-regression probe on the train split      |
 | `clustering`     | Clustering (fast and legacy)            | mini-batch k-means, V-measure                     |
 
 A multilingual task (STS17, SIB200ClusteringS2S) runs on one subset, named by `subset` in the local spec
 (`en-en`, `eng_Latn`); mteb's task keeps that subset only (`filter_languages(hf_subsets=[...])`).
+
+Reranking: mteb 2.x runs its Reranking tasks as retrieval tasks whose split carries `top_ranked` (query id -> the
+candidate document ids); its `AbsTaskReranking` (deprecated there) only converts the old query/positive/negative
+layout into that. A `reranking` file (`embedexp.eval.reranking_set`) is converted here into the same split, with
+mteb's own ids (`<split>_query<i>`, `apositive_<query id>_<00000>`, `negative_<query id>_<00000>`), so ties break
+as in mteb; the evaluator (search restricted to `top_ranked`, pytrec_eval scores) is mteb's.
 """
 
 from __future__ import annotations
@@ -21,18 +28,21 @@ from pathlib import Path
 from embedexp.errors import ConfigError
 from embedexp.eval.labelled import ClassificationSet, ClusteringSet, load_classification_set, load_clustering_set
 from embedexp.eval.mteb_units import LOCAL_DATA_ATTR, capture_per_query
+from embedexp.eval.reranking_set import RerankingSet, load_reranking_set
 from embedexp.eval.sets import RetrievalSet, STSSet, load_eval_set
 
-LOCAL_TYPES = ("retrieval", "sts", "classification", "clustering")
+LOCAL_TYPES = ("retrieval", "sts", "classification", "clustering", "reranking")
 # mteb task type -> the local data type that feeds it
 TYPE_FOR = {
     "Retrieval": "retrieval",
-    "Reranking": "retrieval",
+    "Reranking": "reranking",
     "InstructionRetrieval": "retrieval",
     "STS": "sts",
     "Classification": "classification",
     "Clustering": "clustering",
 }
+# other local types a task type also takes: a BEIR folder for a Reranking task is searched as a whole corpus
+ALSO_ACCEPTS = {"Reranking": ("retrieval",)}
 
 
 def local_path(spec: dict) -> str | None:
@@ -41,7 +51,7 @@ def local_path(spec: dict) -> str | None:
 
 
 def load_local_data(name: str, spec: dict, key: str):
-    """A local-data spec -> RetrievalSet | STSSet | ClassificationSet | ClusteringSet.
+    """A local-data spec -> RetrievalSet | STSSet | ClassificationSet | ClusteringSet | RerankingSet.
 
     Raises:
         ConfigError: unknown `type` or missing keys. DataError: a bad file (named with its line).
@@ -51,6 +61,8 @@ def load_local_data(name: str, spec: dict, key: str):
         return load_classification_set(name, spec, key)
     if kind == "clustering":
         return load_clustering_set(name, spec, key)
+    if kind == "reranking":
+        return load_reranking_set(name, spec, key)
     if kind in ("retrieval", "sts"):
         return load_eval_set(name, spec, key=key)
     raise ConfigError(f"{key}.type={kind!r}; expected one of {', '.join(LOCAL_TYPES)}")
@@ -66,6 +78,35 @@ def _retrieval_split(s: RetrievalSet) -> dict:
         "queries": Dataset.from_dict({"id": list(s.query_ids), "text": list(s.queries)}),
         "relevant_docs": {q: dict(d) for q, d in s.qrels.items()},
         "top_ranked": None,
+    }
+
+
+def _reranking_split(s: RerankingSet, split: str) -> dict:
+    """Our reranking set as mteb's RetrievalSplitData with `top_ranked`: every query ranks only its own candidates.
+
+    Ids as mteb's `AbsTaskReranking._process_example` writes them (positives first, then negatives), so tie order and
+    per-query ids equal mteb's own conversion of the same rows.
+    """
+    from datasets import Dataset
+
+    doc_ids, docs, query_ids, queries = [], [], [], []
+    relevant: dict[str, dict[str, int]] = {}
+    top_ranked: dict[str, list[str]] = {}
+    for i, (query, positives, negatives) in enumerate(s.rows):
+        qid = f"{split}_query{i}"
+        ids = [f"apositive_{qid}_{j:05d}" for j in range(len(positives))]
+        ids += [f"negative_{qid}_{j:05d}" for j in range(len(negatives))]
+        query_ids.append(qid)
+        queries.append(query)
+        doc_ids += ids
+        docs += positives + negatives
+        relevant[qid] = {d: int(d.startswith("apositive_")) for d in ids}
+        top_ranked[qid] = ids
+    return {
+        "corpus": Dataset.from_dict({"id": doc_ids, "title": [""] * len(docs), "text": docs}),
+        "queries": Dataset.from_dict({"id": query_ids, "text": queries}),
+        "relevant_docs": relevant,
+        "top_ranked": top_ranked,
     }
 
 
@@ -111,6 +152,8 @@ def _payload(data_set, task, split: str):
     """The dataset of one subset in the layout `task` reads: {split: ...} (or a DatasetDict)."""
     if isinstance(data_set, RetrievalSet):
         return {split: _retrieval_split(data_set)}
+    if isinstance(data_set, RerankingSet):
+        return {split: _reranking_split(data_set, split)}
     if isinstance(data_set, STSSet):
         return {split: _sts_split(data_set)}
     if isinstance(data_set, ClassificationSet):
@@ -125,7 +168,7 @@ def task_on(base_cls, data_set, split: str, subset: str = "default", **attrs):
 
     Args:
         base_cls: mteb's task class (e.g. `type(mteb.get_task("Banking77Classification"))`) or an abstract one.
-        data_set: RetrievalSet | STSSet | ClassificationSet | ClusteringSet.
+        data_set: RetrievalSet | STSSet | ClassificationSet | ClusteringSet | RerankingSet.
         split: the eval split name the data is served as.
         subset: the hf subset (a multilingual task's language pair, e.g. "en-en"); "default" otherwise.
         attrs: class attributes to set (metadata, ignore_identical_ids, min_score/max_score, ...).
@@ -170,8 +213,9 @@ def local_named_task(task, name: str, local: dict, key: str):
             f"{key}: task {name} is of mteb type {mteb_type}; local files feed only "
             f"{', '.join(sorted(TYPE_FOR))} tasks (drop it from local_data to use mteb's loader)"
         )
-    if want != got:
-        raise ConfigError(f"{key}.type={got!r}; task {name} is of mteb type {mteb_type}, expected type {want!r}")
+    if got != want and got not in ALSO_ACCEPTS.get(mteb_type, ()):
+        also = "".join(f" (or {a!r})" for a in ALSO_ACCEPTS.get(mteb_type, ()))
+        raise ConfigError(f"{key}.type={got!r}; task {name} is of mteb type {mteb_type}, expected type {want!r}{also}")
     subset = str(local.get("subset", "default"))
     if task.metadata.is_multilingual and subset == "default":
         subsets = list(task.metadata.hf_subsets or [])

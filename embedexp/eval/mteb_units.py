@@ -5,7 +5,7 @@ passes to `task_specific_scores`, its documented per-task hook):
 
 | family         | unit           | rows that get statistics                                        |
 |----------------|----------------|-----------------------------------------------------------------|
-| retrieval      | query          | main_score, ndcg_at_k, map_at_k, recall_at_k, precision_at_k (pytrec_eval per query) |
+| retrieval, reranking | query    | main_score, ndcg_at_k, map_at_k, recall_at_k, precision_at_k (pytrec_eval per query) |
 | STS            | sentence pair  | main_score, cosine_spearman, cosine_pearson (the correlation is recomputed per resample) |
 | classification | test text      | main_score (accuracy), accuracy: the fraction of mteb's probe experiments that got it right |
 | clustering     | none           | V-measure is a property of the whole clustering; no per-item score exists |
