@@ -40,8 +40,13 @@ def evaluate(cfg: DictConfig) -> dict:
     eval_cfg = container(cfg.eval)
     decision_cfg = eval_cfg.pop("decision", None) or {}  # the decision table is this command's option
     evaluator = Evaluator(**eval_cfg)
+    from embedexp.eval.decision import EncodeRecorder
+
+    # the decision table reuses the embeddings computed here: each corpus is encoded once per command
+    recorder = EncodeRecorder(evaluator.sets if decision_enabled(decision_cfg) else [])
     base_encoder = instantiate(cfg.model)
-    base = evaluator.evaluate(base_encoder, use_cache=True)
+    with recorder.watch("bi-encoder base", base_encoder):
+        base = evaluator.evaluate(base_encoder, use_cache=True)
     units = {"base": evaluator.last_units, "tuned": {}}
     tuned: dict[str, float] = {}
     tuned_encoder = None
@@ -50,7 +55,8 @@ def evaluate(cfg: DictConfig) -> dict:
         if not (tuned_path / "modules.json").is_file():
             raise ModelError(f"tuned={tuned_path}: not an exported model folder (no modules.json)")
         tuned_encoder = Encoder.from_exported(tuned_path)
-        tuned = evaluator.evaluate(tuned_encoder)
+        with recorder.watch("bi-encoder tuned", tuned_encoder):
+            tuned = evaluator.evaluate(tuned_encoder)
         units["tuned"] = evaluator.last_units
     meta = {
         "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}"
@@ -58,12 +64,18 @@ def evaluate(cfg: DictConfig) -> dict:
         "base_model": str(cfg.model.model_name_or_path),
         "tuned_model": str(cfg.tuned) if tuned else None,
     }
+    if evaluator.mteb is not None:  # <out_dir>/mteb: mteb's results folder of tuned and base, as train writes
+        from embedexp.eval.mteb_export import export_evaluation
+
+        meta["mteb_results"] = export_evaluation(
+            out_dir, evaluator.mteb, base_encoder, tuned_encoder, meta["base_model"]
+        )
     extra_md = ""
     if decision_enabled(decision_cfg):
         bi_encoders = [("bi-encoder base", base_encoder)] + (
             [("bi-encoder tuned", tuned_encoder)] if tuned_encoder is not None else []
         )
-        meta["decision"], extra_md = _decision(out_dir, evaluator, bi_encoders, decision_cfg)
+        meta["decision"], extra_md = _decision(out_dir, evaluator, bi_encoders, decision_cfg, recorder)
     meta["config"] = scrub_secrets(container(cfg))
     rows = write_results(out_dir, base, tuned, meta, units, evaluator.texts(), evaluator.stats, extra_md=extra_md)
     print("\n" + markdown_table(rows))
@@ -73,14 +85,22 @@ def evaluate(cfg: DictConfig) -> dict:
     return rows
 
 
-def _decision(out_dir: Path, evaluator, bi_encoders: list, settings: dict) -> tuple[dict, str]:
+def _decision(out_dir: Path, evaluator, bi_encoders: list, settings: dict, recorder=None) -> tuple[dict, str]:
     """The bi-encoder vs cross-encoder decision table (embedexp/eval/decision.py): results.json's `decision`,
-    the results.md section (with decision.png when it could be drawn)."""
+    the results.md section (with decision.png when it could be drawn); `recorder`: the evaluation's embeddings,
+    reused; eval.precision applies."""
     from embedexp.eval.decision import as_json, environment, markdown, run_decision
     from embedexp.eval.decision_plot import plot_decision
 
     tables = run_decision(
-        evaluator.sets, bi_encoders, settings, evaluator.batch_size, evaluator.stats, evaluator.show_progress
+        evaluator.sets,
+        bi_encoders,
+        settings,
+        evaluator.batch_size,
+        evaluator.stats,
+        evaluator.show_progress,
+        evaluator.precision,
+        recorder,
     )
     env = environment(bi_encoders)
     md = markdown(tables, settings, env, float((evaluator.stats or {}).get("confidence", 0.95)))

@@ -31,20 +31,41 @@ of the batch's top_k (query, document) pairs in mini-batches of `rerank_batch_si
 first, untimed (lazy loads, first-call allocations). ms/query = total / queries. The CPU time of the process
 (all threads) is kept beside it in results.json; under machine load wall time is inflated, CPU time much less.
 Offline cost (corpus encoding, BM25 indexing) is reported separately, once, in seconds.
+
+Each corpus is encoded once per command: `EncodeRecorder` keeps the query and corpus embeddings the Evaluator
+computed for the base-vs-tuned metrics and the table reuses them (their offline cost is then reported as
+"precomputed, not timed"); only a model whose results came from the eval cache is encoded here.
+
+Precision (`eval.precision`: fp32 | bf16 | auto): the bi-encoders encode (corpus and the timed queries) and the
+cross-encoders run their forward under bf16 autocast where `embedexp.trainer.inference.resolve_inference_precision`
+says bf16 is native on the model's device; elsewhere fp32, with that function's one warning line for an explicit
+bf16. The precision each model ran in is in the table (and results.json's `precision`).
+
+Progress: every long stage (BM25 indexing, corpus encoding, each reranking pass, each latency measurement) logs a
+start line and an end line with its rate (`embedexp.eval.stage_log`); encoding and reranking also show
+`embedexp.progress` bars/lines under `eval.show_progress`.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from embedexp.errors import ConfigError, ModelError
 from embedexp.eval.metrics import ir_metrics_per_query, retrieve
 from embedexp.eval.sets import RetrievalSet
+from embedexp.eval.stage_log import stage as log_stage
+from embedexp.progress import progress_bar
+from embedexp.trainer.inference import check_precision, resolve_inference_precision
+
+log = logging.getLogger(__name__)
 
 Run = dict[str, list[tuple[str, float]]]  # {query id: [(doc id, score), ...]}
 NDCG, RECALL = "ndcg@10", "recall@100"
@@ -67,6 +88,128 @@ def rerankers_of(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
+class PrecisionChoice:
+    """`eval.precision` resolved per device, once each (so an explicit bf16 that falls back warns once per table).
+
+    Calling it with a device ("cpu", "cuda:0", a torch.device) gives "fp32" or "bf16" by
+    `embedexp.trainer.inference.resolve_inference_precision`. Raises ConfigError for a value not in fp32/bf16/auto.
+    """
+
+    def __init__(self, value: str = "fp32") -> None:
+        self.value = check_precision("eval.precision", value)
+        self._by_device: dict[str, str] = {}
+
+    def __call__(self, device: Any) -> str:
+        kind = str(getattr(device, "type", device) or "cpu")
+        if kind not in self._by_device:
+            self._by_device[kind] = resolve_inference_precision(self.value, kind, "eval.precision")
+        return self._by_device[kind]
+
+
+def _encode_kw(precision: str) -> dict:
+    """encode() keyword of a resolved precision: none for fp32 (any encoder, also API ones, accepts that)."""
+    return {} if precision == "fp32" else {"precision": precision}
+
+
+class EncodeRecorder:
+    """Keeps the embeddings a bi-encoder computes for the retrieval sets' queries and corpora, for the table.
+
+    `with recorder.watch("bi-encoder base", encoder): evaluator.evaluate(encoder)` records every
+    `encoder.encode(texts, kind, ..., precision=...)` call whose `texts` is one of the watched sets' `docs` or
+    `queries` lists (the very list object: the Evaluator encodes `s.docs` of the same set objects the table is built
+    on), so `decision_table(..., recorder=recorder)` does not encode that corpus again. The recorded tensors
+    ((n, dim) float32, one per model, set and kind) stay in memory until the table takes them (`take`).
+
+    Args:
+        sets: the eval sets (non-retrieval sets are ignored); none: `watch` records nothing.
+    """
+
+    def __init__(self, sets: list | tuple = ()) -> None:
+        self._lists: dict[int, tuple[list, str, str]] = {}
+        for s in sets:
+            if isinstance(s, RetrievalSet):
+                self._lists[id(s.docs)] = (s.docs, s.name, "document")
+                self._lists[id(s.queries)] = (s.queries, s.name, "query")
+        self._kept: dict[tuple[str, str, str], tuple[str, Any]] = {}
+
+    @contextmanager
+    def watch(self, label: str, encoder: Any) -> Iterator[None]:
+        """Record `encoder.encode` results under `label` inside the block (the method is restored afterwards)."""
+        if not self._lists or encoder is None:
+            yield
+            return
+        original = encoder.encode
+        signature = inspect.signature(original)
+        own = vars(encoder).get("encode", None)  # an instance attribute to restore (usually none: the class method)
+
+        def encode(*args, **kwargs):
+            out = original(*args, **kwargs)
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:
+                return out
+            bound.apply_defaults()
+            values = list(bound.arguments.values())
+            texts = values[0] if values else None
+            hit = self._lists.get(id(texts))
+            kind = bound.arguments.get("kind", "document")
+            if hit is not None and hit[0] is texts and hit[2] == kind:
+                self._kept[(label, hit[1], kind)] = (str(bound.arguments.get("precision", "fp32")), out)
+            return out
+
+        encoder.encode = encode
+        try:
+            yield
+        finally:
+            if own is None:
+                del encoder.encode
+            else:
+                encoder.encode = own
+
+    def take(self, label: str, set_name: str, kind: str, precision: str):
+        """The recorded (n, dim) embeddings of `label`'s `kind` texts of the set, if computed at `precision`
+        (else None); handed over once (the recorder lets go of them)."""
+        kept = self._kept.pop((label, set_name, kind), None)
+        return kept[1] if kept is not None and kept[0] == precision else None
+
+
+class _PairScorer:
+    """A cross-encoder scorer run under a resolved precision (bf16: autocast on its device), with progress.
+
+    `score` orders the pairs as CrossEncoderScorer / CrossEncoderModel do (query + document length, longest
+    first, stable) and hands them to the wrapped scorer in chunks of whole mini-batches, so every forward batch is
+    the one a single call would make (identical scores) while `embedexp.progress` reports pairs as they go.
+    """
+
+    CHUNK_BATCHES = 16
+
+    def __init__(self, inner: Any, precision: str, desc: str = "rerank") -> None:
+        self.inner, self.precision, self.desc = inner, precision, desc
+        self.device = getattr(inner, "device", "cpu")
+
+    def _autocast(self):
+        if self.precision != "bf16":
+            return nullcontext()
+        import torch
+
+        return torch.autocast(str(getattr(self.device, "type", self.device)).split(":")[0], dtype=torch.bfloat16)
+
+    def score(
+        self, queries: list[str], docs: list[str], batch_size: int = 32, show_progress: bool = False, desc: str = ""
+    ) -> np.ndarray:
+        """(n,) float64 scores of the pairs (queries[i], docs[i])."""
+        n = len(queries)
+        out = np.empty(n, dtype=np.float64)
+        order = sorted(range(n), key=lambda i: -(len(queries[i]) + len(docs[i])))
+        chunk = batch_size * self.CHUNK_BATCHES
+        with progress_bar(n, self.desc, not show_progress, unit="pair") as bar, self._autocast():
+            for c0 in range(0, n, chunk):
+                sel = order[c0 : c0 + chunk]
+                out[sel] = self.inner.score([queries[i] for i in sel], [docs[i] for i in sel], batch_size, False)
+                bar.update(len(sel))
+        return out
+
+
 # ---------------------------------------------------------------- first stages
 class BM25Stage:
     """BM25 Okapi (rank_bm25's scores, the miners' `fast` posting index) with the miners' default tokenizer."""
@@ -78,10 +221,12 @@ class BM25Stage:
         from embedexp.miners.tokenize import Tokenizer
 
         self.s = s
+        self.precision = None  # no neural model
         self.tokenizer = Tokenizer(key="eval.decision")
-        t0 = time.perf_counter()
-        self.index = BM25Index(self.tokenizer.many(s.docs))
-        self.offline_seconds = time.perf_counter() - t0
+        with log_stage(f"{s.name}: BM25", len(s.docs), "documents", "indexing"):
+            t0 = time.perf_counter()
+            self.index = BM25Index(self.tokenizer.many(s.docs))
+            self.offline_seconds = time.perf_counter() - t0
         self.offline_what = f"BM25 index of {len(s.docs)} documents"
 
     def search(self, query_ids: list[str], queries: list[str], depth: int) -> Run:
@@ -109,21 +254,44 @@ class DenseStage:
     """A bi-encoder over the set's corpus, encoded once (the offline cost) into a faiss IndexFlatIP."""
 
     def __init__(
-        self, label: str, encoder, s: RetrievalSet, batch_size: int, show_progress: bool = False, doc_emb=None
+        self,
+        label: str,
+        encoder,
+        s: RetrievalSet,
+        batch_size: int,
+        show_progress: bool = False,
+        doc_emb=None,
+        precision: str = "fp32",
+        query_emb=None,
     ) -> None:
-        """`doc_emb` (n_docs, dim): the corpus already encoded by this encoder (offline cost then not timed)."""
+        """`doc_emb` (n_docs, dim) / `query_emb` (n_queries, dim): the corpus / the set's queries already encoded by
+        this encoder at `precision` (the corpus's offline cost is then not timed). `precision`: "fp32" or "bf16"
+        (resolved), used for every encode here. Raises ValueError for precomputed embeddings of the wrong length."""
         import torch
         import torch.nn.functional as F
 
         self.label, self.encoder, self.s = label, encoder, s
+        self.precision, self._kw = precision, _encode_kw(precision)
         self.offline_what = f"{label}: encoding {len(s.docs)} documents"
         self.offline_seconds = None
+        if query_emb is not None and tuple(query_emb.shape)[0] != len(s.queries):
+            raise ValueError(
+                f"{label}: {tuple(query_emb.shape)[0]} precomputed embeddings for {len(s.queries)} queries"
+            )
+        self.query_emb = query_emb
         if doc_emb is None:
-            t0 = time.perf_counter()
-            doc_emb = encoder.encode(s.docs, "document", batch_size, show_progress, desc=f"{s.name}: corpus")
-            self.offline_seconds = time.perf_counter() - t0
+            with log_stage(f"{s.name}: {label}", len(s.docs), "documents", f"encoding ({precision})"):
+                t0 = time.perf_counter()
+                doc_emb = encoder.encode(
+                    s.docs, "document", batch_size, show_progress, desc=f"{s.name}: corpus ({label})", **self._kw
+                )
+                self.offline_seconds = time.perf_counter() - t0
         elif tuple(doc_emb.shape)[0] != len(s.docs):
             raise ValueError(f"{label}: {tuple(doc_emb.shape)[0]} precomputed embeddings for {len(s.docs)} documents")
+        else:
+            log.info(
+                "%s: %s: the evaluation's %d document embeddings reused (not encoded again)", s.name, label, len(s.docs)
+            )
         self.doc_emb = torch.as_tensor(doc_emb, dtype=torch.float32)
         self.index = _flat_ip(F.normalize(self.doc_emb.float(), dim=-1).numpy())
 
@@ -132,7 +300,7 @@ class DenseStage:
         import torch.nn.functional as F
 
         drop = self.s.ignore_identical_ids
-        q = self.encoder.encode(queries, "query", len(queries))
+        q = self.encoder.encode(queries, "query", len(queries), **self._kw)
         scores, rows = self.index.search(F.normalize(q.float(), dim=-1).numpy(), depth + int(drop))
         run = {}
         for qid, srow, rrow in zip(query_ids, scores.tolist(), rows.tolist()):
@@ -143,7 +311,9 @@ class DenseStage:
     def run_all(self, depth: int, batch_size: int) -> Run:
         """Every query, exactly as the run's own metrics rank them (`retrieve`: exact cosine, trec_eval ties)."""
         s = self.s
-        q = self.encoder.encode(s.queries, "query", batch_size)
+        q = self.query_emb
+        if q is None:
+            q = self.encoder.encode(s.queries, "query", batch_size, **self._kw)
         return retrieve(s.query_ids, q, s.doc_ids, self.doc_emb, depth, ignore_identical_ids=s.ignore_identical_ids)
 
 
@@ -157,9 +327,22 @@ def _flat_ip(emb: np.ndarray):
 
 
 # ---------------------------------------------------------------- second stage
-def _load_rerankers(paths: list[str], top_k: int, batch_size: int, max_length: int) -> list[tuple[str, Any]]:
-    """(row label, loaded Reranker) per folder; load errors name eval.decision.reranker."""
+def _load_rerankers(
+    paths: list[str],
+    top_k: int,
+    batch_size: int,
+    max_length: int,
+    precision: PrecisionChoice | None = None,
+    show_progress: bool = False,
+) -> list[tuple[str, Any]]:
+    """(row label, loaded Reranker) per folder; load errors name eval.decision.reranker.
+
+    Each Reranker scores through `_PairScorer`: its forward in the precision `precision` resolves for the model's
+    device (`.scorer().precision`), with progress when `show_progress`; `.path` is the folder.
+    """
     from embedexp.eval.rerank import Reranker
+
+    precision = precision or PrecisionChoice()
 
     names = [Path(p).name or str(p) for p in paths]
     out = []
@@ -168,10 +351,15 @@ def _load_rerankers(paths: list[str], top_k: int, batch_size: int, max_length: i
         if names.count(names[i]) > 1:
             label += f" #{i + 1}"
         try:
-            r = Reranker(p, top_k=top_k, batch_size=batch_size, max_length=max_length)
-            r.scorer()  # load now: a broken folder fails before any timing
+            loaded = Reranker(p, top_k=top_k, batch_size=batch_size, max_length=max_length)
+            inner = loaded.scorer()  # load now: a broken folder fails before any timing
         except (ConfigError, ModelError) as e:
             raise type(e)(str(e).replace("eval.rerank.model", "eval.decision.reranker")) from None
+        scorer = _PairScorer(inner, precision(getattr(inner, "device", "cpu")), label)
+        r = Reranker(
+            top_k=top_k, batch_size=batch_size, max_length=max_length, show_progress=show_progress, scorer=scorer
+        )
+        r.path = loaded.path
         out.append((label, r))
     return out
 
@@ -212,6 +400,8 @@ def measure_latency(
     qids, texts = s.query_ids[:n_queries], s.queries[:n_queries]
     q_text, d_text = dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
     batches = [(qids[i : i + batch_size], texts[i : i + batch_size]) for i in range(0, len(qids), batch_size)]
+    for _, r in rerankers:
+        r.show_progress = False  # no progress output inside the timed region
     warm = stage.search(*batches[0], depth)
     for _, r in rerankers:
         r.rerank(warm, q_text, d_text)
@@ -281,6 +471,8 @@ def decision_table(
     stats: dict | None = None,
     show_progress: bool = False,
     doc_embeddings: dict | None = None,
+    precision: str | PrecisionChoice = "fp32",
+    recorder: EncodeRecorder | None = None,
 ) -> dict:
     """The decision table of one retrieval set.
 
@@ -293,10 +485,16 @@ def decision_table(
         stats: eval.stats (alpha, confidence, n_resamples, seed).
         doc_embeddings: {bi-encoder label: (n_docs, dim) corpus embeddings this encoder already computed}: not
             encoded again; their offline cost is reported as not timed.
+        precision: eval.precision (fp32 | bf16 | auto, or a PrecisionChoice shared across sets): each bi-encoder
+            encodes and each cross-encoder runs its forward in what it resolves to on that model's device.
+        recorder: the embeddings the Evaluator computed for these encoders (`EncodeRecorder`, by bi-encoder label):
+            reused when computed at the same precision, so the corpus is not encoded a second time.
     Returns:
-        {"rows": [DecisionRow], "offline": [{"what", "seconds"}], "n_queries", "n_latency_queries", "depth"}.
+        {"rows": [DecisionRow], "offline": [{"what", "seconds"}], "n_queries", "n_latency_queries", "depth",
+        "precision": {"eval.precision": value, <bi-encoder or reranker label>: "fp32" | "bf16"}}.
     Raises:
         ConfigError / ModelError: a reranker folder that does not load (naming eval.decision.reranker).
+        ConfigError: a precision not in fp32 / bf16 / auto.
     """
     from embedexp.eval.stats import compare_paired, verdicts
 
@@ -305,26 +503,42 @@ def decision_table(
     top_k = int(cfg["top_k"])
     depth = max(100, top_k)
     n_latency = min(int(cfg["max_queries_for_latency"]), len(s.query_ids))
+    choice = precision if isinstance(precision, PrecisionChoice) else PrecisionChoice(precision)
     rerankers = _load_rerankers(
-        rerankers_of(cfg["reranker"]), top_k, int(cfg["rerank_batch_size"]), int(cfg["max_length"])
+        rerankers_of(cfg["reranker"]),
+        top_k,
+        int(cfg["rerank_batch_size"]),
+        int(cfg["max_length"]),
+        choice,
+        show_progress,
     )
     q_text, d_text = dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
     stages = [BM25Stage(s)] if cfg["bm25"] else []
-    stages += [
-        DenseStage(label, enc, s, batch_size, show_progress, (doc_embeddings or {}).get(label))
-        for label, enc in bi_encoders
-    ]
+    for label, enc in bi_encoders:
+        p = choice(getattr(enc, "device", "cpu"))
+        given = (doc_embeddings or {}).get(label)
+        docs = given if given is not None else (recorder.take(label, s.name, "document", p) if recorder else None)
+        queries = recorder.take(label, s.name, "query", p) if recorder else None
+        stages.append(DenseStage(label, enc, s, batch_size, show_progress, docs, p, queries))
+    used = {"eval.precision": choice.value}
+    used.update({st_.label: st_.precision for st_ in stages if st_.precision is not None})
+    used.update({label: r.scorer().precision for label, r in rerankers})
     rows: list[DecisionRow] = []
     previous = None
     for stage in stages:
         first = stage.run_all(depth, batch_size)
         block = [_quality(stage.label, stage.label, None, previous, first, s.qrels)]
         for label, r in rerankers:
-            reranked, _ = r.rerank(first, q_text, d_text)
             name = f"{stage.label} + {label}"
+            r.show_progress, r.scorer().desc = show_progress, f"{s.name}: {name}"
+            n_pairs = sum(min(len(v), top_k) for v in first.values())
+            with log_stage(f"{s.name}: {name}", n_pairs, "pairs", f"reranking ({r.scorer().precision})") as box:
+                reranked, box["seconds"] = r.rerank(first, q_text, d_text)
             block.append(_quality(name, stage.label, str(r.path), stage.label, with_tail(reranked, first), s.qrels))
         for b in cfg["batch_sizes"]:
-            timing = measure_latency(stage, rerankers, depth, int(b), n_latency)
+            what = f"{s.name}: {stage.label}" + (f" (+ {len(rerankers)} reranker(s))" if rerankers else "")
+            with log_stage(f"{what}, latency at batch {int(b)}", n_latency, "queries", "timing"):
+                timing = measure_latency(stage, rerankers, depth, int(b), n_latency)
             for row, key in zip(block, [None] + [label for label, _ in rerankers]):
                 row.ms_per_query[int(b)], row.cpu_ms_per_query[int(b)] = timing[key]
         rows += block
@@ -349,20 +563,35 @@ def decision_table(
         "n_queries": len(s.query_ids),
         "n_latency_queries": n_latency,
         "depth": depth,
+        "precision": used,
     }
 
 
 def run_decision(
-    sets: list, bi_encoders: list[tuple[str, Any]], settings: dict, batch_size: int, stats: dict | None, show_progress
+    sets: list,
+    bi_encoders: list[tuple[str, Any]],
+    settings: dict,
+    batch_size: int,
+    stats: dict | None,
+    show_progress,
+    precision: str = "fp32",
+    recorder: EncodeRecorder | None = None,
 ) -> dict[str, dict]:
-    """decision_table for every retrieval set: {set name: table}; a ConfigError when there is none."""
+    """decision_table for every retrieval set: {set name: table}; a ConfigError when there is none.
+
+    precision: eval.precision (resolved once per device for all sets); recorder: the Evaluator's embeddings of
+    these bi-encoders (see decision_table)."""
     retrieval = [s for s in sets if isinstance(s, RetrievalSet)]
     if not retrieval:
         raise ConfigError(
             "eval.decision.enabled=true but the eval sets have no retrieval set; expected a data preset with one "
             "(e.g. data=scifact)"
         )
-    return {s.name: decision_table(s, bi_encoders, settings, batch_size, stats, show_progress) for s in retrieval}
+    choice = PrecisionChoice(precision)
+    return {
+        s.name: decision_table(s, bi_encoders, settings, batch_size, stats, show_progress, None, choice, recorder)
+        for s in retrieval
+    }
 
 
 def environment(bi_encoders: list[tuple[str, Any]]) -> dict:
@@ -392,6 +621,16 @@ def _num(v: float | None, fmt: str = ".4f") -> str:
 
 def _p(v: float) -> str:
     return "<0.0001" if v < 1e-4 else f"{v:.4f}"
+
+
+def _precision_line(used: dict | None) -> str:
+    """` Precision (eval.precision=auto): bi-encoder base bf16, reranker bf16.` (empty without models)."""
+    models = {k: v for k, v in (used or {}).items() if k != "eval.precision"}
+    if not models:
+        return ""
+    return f" Precision (eval.precision={used.get('eval.precision', 'fp32')}): " + (
+        ", ".join(f"{k} {v}" for k, v in models.items()) + "."
+    )
 
 
 def markdown(tables: dict[str, dict], settings: dict, env: dict, confidence: float = 0.95) -> str:
@@ -429,7 +668,11 @@ def markdown(tables: dict[str, dict], settings: dict, env: dict, confidence: flo
             f"{t['n_latency_queries']} queries, batch b = b queries at a time (encode + search the prebuilt index "
             f"+ rerank), device {env['device']}, torch threads {env['torch_threads']}. vs: the row this one is tested "
             "against (its first stage, or the previous first stage), paired over queries on nDCG@10, randomisation "
-            "p with Holm's correction over this table.\n\n" + "\n".join(lines) + "\n\n"
+            "p with Holm's correction over this table."
+            + _precision_line(t.get("precision"))
+            + "\n\n"
+            + "\n".join(lines)
+            + "\n\n"
             f"Offline cost (once per corpus, not per query): {offline}.\n"
         )
     return "\n## Decision table\n\n" + "\n".join(out)
