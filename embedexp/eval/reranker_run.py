@@ -14,6 +14,15 @@ a document is retrieved only with a score > 0, ties in trec_eval's order (score 
 `eval.rerank.batch_size`); the first stage's ms/query (query side only: BM25 scoring, or query encoding + exact
 search; the corpus index/encoding is not counted) is in the section and in results.json's `first_stage`.
 STS sets are skipped (a reranker is judged by ranking).
+
+Progress: the first stage's corpus encoding shows `embedexp.progress` bars/lines under `eval.show_progress`, and
+each long stage (BM25 indexing and scoring, corpus encoding, each reranking pass) logs a start line and an end
+line with its rate (documents/s, pairs/s; `embedexp.eval.stage_log`).
+
+`rerank_base=false` (`+eval.rerank_base=false`) skips the base reranker's pass: an untrained head's ranking
+is noise and costs a full reranking pass. The base evaluation (`evaluate(model, use_cache=True)`, the call made
+before training) then returns the first stage alone, so the run's base-vs-tuned table reads "first stage alone
+vs first stage + tuned reranker", and the section says the base reranker was skipped.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from embedexp.eval.metrics import ir_metrics_per_query, retrieve
 from embedexp.eval.rerank import Reranker
 from embedexp.eval.results import compare, markdown_table
 from embedexp.eval.sets import RetrievalSet, load_eval_sets
+from embedexp.eval.stage_log import stage as log_stage
 from embedexp.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -67,9 +77,10 @@ def check_reranker_eval(ev: dict) -> None:
 class FirstStage:
     """The candidates a reranker re-orders: `bm25` or a bi-encoder (any `model` preset, instantiated lazily)."""
 
-    def __init__(self, spec: Any = "bm25", batch_size: int = 64) -> None:
+    def __init__(self, spec: Any = "bm25", batch_size: int = 64, show_progress: bool = False) -> None:
         self.spec = spec
         self.batch_size = batch_size
+        self.show_progress = show_progress
         self._encoder = None
 
     @property
@@ -93,9 +104,13 @@ class FirstStage:
     def run(self, s: RetrievalSet, k: int) -> tuple[dict[str, list[tuple[str, float]]], float]:
         """({query id: [(doc id, score), ...] top k in trec_eval order}, query-side seconds)."""
         if self.spec == "bm25":
-            return bm25_run(s, k)
+            with log_stage(f"{s.name}: first stage bm25", len(s.docs), "documents", "indexing and searching"):
+                return bm25_run(s, k)
         enc = self.encoder()
-        d = enc.encode(s.docs, "document", self.batch_size, desc=f"{s.name}: corpus (first stage)")
+        with log_stage(f"{s.name}: first stage {self.name}", len(s.docs), "documents", "encoding"):
+            d = enc.encode(
+                s.docs, "document", self.batch_size, self.show_progress, desc=f"{s.name}: corpus (first stage)"
+            )
         t0 = time.perf_counter()
         q = enc.encode(s.queries, "query", self.batch_size, desc=f"{s.name}: queries (first stage)")
         run = retrieve(s.query_ids, q, s.doc_ids, d, k, ignore_identical_ids=s.ignore_identical_ids)
@@ -161,9 +176,14 @@ class RerankerRunEvaluator:
         rerank: dict | None = None,
         stats: dict | None = None,
         first_stage: Any = "bm25",
+        rerank_base: bool = True,
         **bi_encoder_only,
     ) -> None:
         check_reranker_eval({**bi_encoder_only, "rerank": rerank, "first_stage": first_stage})
+        if not isinstance(rerank_base, bool):
+            raise ConfigError(f"eval.rerank_base={rerank_base!r}; expected true or false")
+        self.rerank_base = rerank_base
+        self.base_skipped = False
         rerank = dict(rerank or {})
         rerank.pop("model", None)
         self.top_k = int(rerank.get("top_k", 100))
@@ -190,7 +210,7 @@ class RerankerRunEvaluator:
         self.show_progress = show_progress
         self.stats = dict(stats or {})
         self.mteb = None
-        self.first_stage = FirstStage(first_stage, batch_size)
+        self.first_stage = FirstStage(first_stage, batch_size, show_progress)
         self.last_units: dict[str, dict] = {}
         self._runs: dict[str, tuple[dict, float]] = {}
         self._first: tuple[dict, dict, dict] | None = None
@@ -239,8 +259,18 @@ class RerankerRunEvaluator:
         batch_size, show_progress, desc=)`): {"<set>/<metric>": value, "<set>/rerank_ms_per_query": ms}.
 
         use_cache: read/write the results per set under `<cache_dir>/eval`, keyed by the model's fingerprint,
-        the set, the first stage and top_k (for the base model, which does not change).
+        the set, the first stage and top_k (for the base model, which does not change). With `rerank_base=false`
+        such a call (the base evaluation) reranks nothing and returns the first stage alone.
         """
+        if use_cache and not self.rerank_base:
+            log.info(
+                "eval.rerank_base=false: the base reranker pass is skipped; the base results are %s alone",
+                self.first_stage.name,
+            )
+            metrics, units, _ = self.first_stage_results()
+            self.base_skipped = True
+            self.last_units = dict(units)
+            return dict(metrics)
         results: dict[str, float] = {}
         units: dict[str, dict] = {}
         reranker = Reranker(
@@ -254,9 +284,13 @@ class RerankerRunEvaluator:
                 metrics, set_units = hit
             else:
                 run, _ = self._run(s)
-                reranked, seconds = reranker.rerank(
-                    run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
-                )
+                n_pairs = sum(min(len(v), self.top_k) for v in run.values())
+                what = f"{s.name}: {self.first_stage.name} top {self.top_k} + reranker"
+                with log_stage(what, n_pairs, "pairs", "reranking") as box:
+                    reranked, seconds = reranker.rerank(
+                        run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
+                    )
+                    box["seconds"] = seconds
                 metrics, set_units = self._metrics(s, reranked)
                 metrics[f"{s.name}/rerank_ms_per_query"] = 1000.0 * seconds / max(len(s.query_ids), 1)
                 log.info("reranked %s (%s top %d) in %.1fs", s.name, self.first_stage.name, self.top_k, seconds)
@@ -289,18 +323,30 @@ class RerankerRunEvaluator:
         """results.md section: the three pipelines side by side, then first stage alone vs + tuned reranker."""
         name, k = summary["name"], summary["top_k"]
         first = summary["metrics"]
+        skipped = self.base_skipped
         lines = [
             f"\n## First stage ({name}, top {k}) alone vs + base reranker vs + tuned reranker\n",
-            f"| metric | {name} alone | + base reranker | + tuned reranker |",
+            *(
+                [
+                    f"eval.rerank_base=false: the base (untrained) reranker was not run; the run's base-vs-tuned "
+                    f"table above compares {name} alone with {name} + tuned reranker.\n"
+                ]
+                if skipped
+                else []
+            ),
+            f"| metric | {name} alone | + base reranker{' (skipped)' if skipped else ''} | + tuned reranker |",
             "|---|---:|---:|---:|",
         ]
+        if skipped:
+            base = {}
         for metric, v in first.items():
             b, t = base.get(metric), tuned.get(metric)
             lines.append(f"| {metric} | {v:.4f} | {_f(b)} | {_f(t)} |")
         for s in self.sets:
+            b_ms = _f(base.get(f"{s.name}/rerank_ms_per_query"), 1)
             lines.append(
                 f"| {s.name}/ms_per_query | {summary['ms_per_query'][s.name]:.1f} (query side) | "
-                f"+{_f(base.get(f'{s.name}/rerank_ms_per_query'), 1)} | "
+                f"{'+' + b_ms if b_ms else ''} | "
                 f"+{_f(tuned.get(f'{s.name}/rerank_ms_per_query'), 1)} |"
             )
         confidence = float(self.stats.get("confidence", 0.95))
