@@ -402,6 +402,7 @@ class MtebEvaluation:
         self.tasks: list[ResolvedTask] = []
         self.last_units: dict[str, dict] = {}
         self.last_task_results: list = []
+        self.results_by_revision: dict[str, list] = {}  # mteb TaskResults of each model run here (by revision)
         local_data = dict(local_data or {})
         unknown = sorted(set(local_data) - set(tasks))
         if unknown:
@@ -484,6 +485,7 @@ class MtebEvaluation:
                 )
             log.info("mteb: %d task(s) in %.1fs", len(self.tasks), time.perf_counter() - t0)
             self.last_task_results = list(result.task_results)
+            self.results_by_revision[model.revision] = self.last_task_results
             flat = self.flatten(result.task_results)
             units = {}
             for t in self.tasks:
@@ -496,6 +498,22 @@ class MtebEvaluation:
                 )
         self.last_units = {k: v for k, v in units.items() if k in flat}
         return flat
+
+    def task_results_for(self, encoder, revision: str | None = None) -> list | None:
+        """mteb's TaskResults of `encoder` on every task: from a `run` in this process, else from mteb's result cache
+        (`result_cache: true`; a model whose scores came from embedexp's eval cache never ran mteb here). None when
+        some task has no result in either place.
+        """
+        model = self.adapter(encoder, revision)
+        if model.revision in self.results_by_revision:
+            return self.results_by_revision[model.revision]
+        if not self.result_cache or not self.tasks:
+            return None
+        import mteb
+
+        cache = mteb.ResultCache(self.cache_path)
+        found = [cache.load_task_result(t.name, model.mteb_model_meta) for t in self.tasks]
+        return found if all(tr is not None for tr in found) else None
 
     @staticmethod
     def _prefix(name: str, task, split: str, subset: str) -> str:

@@ -9,6 +9,8 @@ Written through mteb's own `ResultCache.save_to_cache`, so the folder is what mt
     <folder>/results/<org>__<model>/<revision>/run_settings.jsonl
 
 The revision is the model's weight fingerprint (the one embedexp's evaluator and the exported folder use).
+`embedexp-train` writes `<run>/mteb` for the fine-tuned model (`export_run`); `embedexp-evaluate ... tuned=<folder>`
+writes `<run>/mteb` for the tuned model and the base model (`export_evaluation`), in the same layout.
 """
 
 from __future__ import annotations
@@ -101,22 +103,27 @@ def export_tuned(folder: str | Path, encoder, evaluation, *, name: str | None = 
     """Export the last mteb run of `evaluation` (an MtebEvaluation that just scored `encoder`); None if it ran no
     named mteb task. Our own eval sets run as mteb tasks (`local_sets`) are not mteb tasks and are left out.
     """
-    import mteb
-
     from embedexp.eval.mteb_eval import model_name
 
+    results = named_task_results(evaluation.last_task_results)
+    if not results:
+        return None
+    meta = tuned_model_meta(encoder, encoder.fingerprint(), name or model_name(encoder), **meta_kwargs)
+    return export_results(folder, meta, results)
+
+
+def named_task_results(task_results) -> list:
+    """The TaskResults of named mteb tasks (`mteb.get_task` knows them); our own eval sets run as tasks are left out."""
+    import mteb
+
     known = set()
-    for tr in evaluation.last_task_results:
+    for tr in task_results:
         try:
             mteb.get_task(tr.task_name)
             known.add(tr.task_name)
         except (KeyError, ValueError):
             pass
-    results = [tr for tr in evaluation.last_task_results if tr.task_name in known]
-    if not results:
-        return None
-    meta = tuned_model_meta(encoder, encoder.fingerprint(), name or model_name(encoder), **meta_kwargs)
-    return export_results(folder, meta, results)
+    return [tr for tr in task_results if tr.task_name in known]
 
 
 def export_run(out_dir: str | Path, encoder, evaluation, base_model: str, data_name: str | None, loss) -> str | None:
@@ -148,3 +155,60 @@ def export_run(out_dir: str | Path, encoder, evaluation, base_model: str, data_n
         log.warning("mteb results export skipped: %s: %s", type(e).__name__, e)
         return None
     return str(out) if out is not None else None
+
+
+def export_evaluation(
+    out_dir: str | Path, evaluation, base_encoder, tuned_encoder=None, base_model: str | None = None
+) -> dict[str, str | None]:
+    """`embedexp-evaluate`'s export: `<out_dir>/mteb` with the tuned model's and the base model's mteb results.
+
+    The same layout as `export_run` (one revision folder per model). Names: the tuned model is `eval.mteb.export.name`
+    or `<base model name>-tuned` (its ModelMeta's adapted_from is `base_model`, training datasets from
+    `eval.mteb.export.training_datasets`); the base model keeps its own `embedexp/<name>`. A base model whose scores
+    came from embedexp's eval cache is exported from mteb's result cache (`eval.mteb.result_cache: true`, the
+    default); with that cache off it is skipped with a log line.
+
+    Returns:
+        {"tuned": revision folder or None, "base": ...} (only the models given); {} when `export.enabled` is false.
+        Never raises: a failed export is logged and the evaluation keeps its results.
+    """
+    from embedexp.eval.mteb_eval import model_name
+
+    settings = dict(getattr(evaluation, "export", None) or {})
+    if settings.get("enabled") is False:
+        return {}
+    folder = Path(out_dir) / "mteb"
+    out: dict[str, str | None] = {}
+    for role, encoder in (("tuned", tuned_encoder), ("base", base_encoder)):
+        if encoder is None:
+            continue
+        out[role] = None
+        try:
+            revision = encoder.fingerprint()
+            found = evaluation.task_results_for(encoder, revision)
+            if found is None:
+                log.warning(
+                    "mteb results of the %s model not exported: its scores came from embedexp's eval cache and mteb's "
+                    "result cache does not hold them (eval.mteb.result_cache=true keeps them)",
+                    role,
+                )
+                continue
+            results = named_task_results(found)
+            if not results:
+                log.info("mteb results of the %s model not exported: no named mteb task ran", role)
+                continue
+            if role == "tuned":
+                datasets = settings.get("training_datasets")
+                meta = tuned_model_meta(
+                    encoder,
+                    revision,
+                    settings.get("name") or model_name(base_encoder) + "-tuned",
+                    base_model=base_model,
+                    training_datasets=list(datasets) if datasets else None,
+                )
+            else:
+                meta = tuned_model_meta(encoder, revision, model_name(encoder))
+            out[role] = str(export_results(folder, meta, results))
+        except Exception as e:  # the evaluation's results must not be lost to an export problem
+            log.warning("mteb results export of the %s model skipped: %s: %s", role, type(e).__name__, e)
+    return out
