@@ -36,6 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
+from embedexp.data import mapped_pages
+from embedexp.data.mapped_pages import MappedPages, Releaser
+
 log = logging.getLogger(__name__)
 
 _MASK63 = (1 << 63) - 1
@@ -63,16 +66,19 @@ HASH_VERSION = 1  # part of cached hashes' keys: bump when `normalise` / `text_h
 BATCH = 1 << 16  # texts normalised and hashed per step of `hash_strings`
 
 
-def hash_strings(texts: pa.Array | pa.ChunkedArray, batch: int = BATCH) -> np.ndarray:
+def hash_strings(texts: pa.Array | pa.ChunkedArray, batch: int = BATCH, release: bool = True) -> np.ndarray:
     """(len(texts),) int64: `text_hash` of every string of an Arrow string array; PAD (0) where null.
 
     Equal to `[text_hash(t) for t in texts.to_pylist()]` without making Python strings: each record batch of
     `batch` texts is NFC-normalised (`utf8_normalize`), white space runs (Python's `str.isspace` set) replaced
     by one space and the ends trimmed with Arrow kernels (about 1.3 CPU s per million short texts here, most of it
     the xxh3 calls), then xxh3 runs on each text's UTF-8 bytes in the
-    Arrow buffer. Memory: the output plus one normalised batch.
+    Arrow buffer. Memory: the output plus one normalised batch; with `release` and a memory-mapped column of at
+    least `mapped_pages.RELEASE_EVERY` bytes, the pages read are given back every that many bytes
+    (`embedexp.data.mapped_pages`), so the pass does not leave the column resident.
     """
     chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    pages = Releaser(MappedPages.of(chunks)) if release and texts.nbytes >= mapped_pages.RELEASE_EVERY else None
     out = np.empty(len(texts), dtype=np.uint64)
     null = np.zeros(len(texts), dtype=bool)
     pos = 0
@@ -94,6 +100,10 @@ def hash_strings(texts: pa.Array | pa.ChunkedArray, batch: int = BATCH) -> np.nd
             if norm.null_count:
                 null[pos : pos + n] = np.asarray(norm.is_null(), dtype=bool)
             pos += n
+            if pages is not None:
+                pages.read(part.nbytes)
+    if pages is not None:
+        pages.close()
     h = (out & np.uint64(_MASK63)).view(np.int64)
     h[h == 0] = 1  # text_hash never returns 0 (PAD)
     h[null] = PAD

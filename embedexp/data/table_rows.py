@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedexp.data.formats import POSITIVES, SHORT_NEGATIVES, Mapping
+from embedexp.data.mapped_pages import released_chunks
 from embedexp.data.readers import SKIPPED, doc_text
 from embedexp.errors import ConfigError, DataError
 
@@ -206,7 +207,7 @@ class TableRows(Sequence):
     # ---------------------------------------------------------------- checks (vectorised, chunk by chunk)
     def _chunks(self, name: str):
         start = 0
-        for chunk in self.table.column(name).chunks:
+        for chunk in released_chunks(self.table.column(name)):  # pages read are given back (mapped_pages)
             yield start, chunk
             start += len(chunk)
 
@@ -423,7 +424,7 @@ class TableRows(Sequence):
         starts = np.zeros(n, dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         parts = []
-        for chunk in col.chunks:
+        for chunk in released_chunks(col):
             values = pc.list_flatten(chunk)  # null lists contribute nothing (their count is 0)
             if shape == "list":
                 parts.append(hash_strings(values))
