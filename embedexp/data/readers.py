@@ -1,8 +1,12 @@
-"""Readers for BEIR folders, STS tsv files and pair jsonl files.
+"""Readers for BEIR folders, STS tsv files, pair / labelled-pair jsonl files and plain text files.
 
 Every problem is reported as one line naming the file (and line) and what was expected.
 `on_error="skip"` drops malformed rows instead, counts them in `SKIPPED` and logs one warning per file
 ("skipped 3 bad rows in corpus.jsonl: first at line 17: ..."); a file with no valid row is still an error.
+
+The `iter_*` readers are validating generators (one row at a time, nothing kept but what a check needs: the ids
+seen, the number of negatives of the first row); the training formats write their output into Arrow files
+(embedexp.data.line_rows). The `load_*` readers return the same rows as lists / dicts (eval sets, miners).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from embedexp.errors import DataError
 ON_ERROR = ("raise", "skip")
 SKIPPED: Counter = Counter()  # file -> rows skipped with on_error="skip"
 _PENDING: dict[str, list] = {}  # file -> [rows skipped, first message] of the read in progress
+FINISHED: dict[str, tuple[int, str]] = {}  # file -> (rows skipped, first message) of its last finished read
 log = logging.getLogger("embedexp.data")
 
 
@@ -38,11 +43,20 @@ def _fail(on_error: str, path: Path, msg: str) -> None:
 def _finish(path: Path, kept: int, what: str) -> None:
     """End of a file: log what on_error=skip dropped; no valid row at all is an error either way."""
     skipped, first = _PENDING.pop(str(path), (0, ""))
+    FINISHED[str(path)] = (skipped, first)
     if skipped:
         log.warning("skipped %d bad row%s in %s: first at %s", skipped, "" if skipped == 1 else "s", path, first)
     if kept == 0:
         extra = f" ({skipped} bad rows skipped; first at {first})" if skipped else ""
         raise DataError(f"{path}: no valid {what}{extra}")
+
+
+def replay_skipped(path: Path, skipped: int, first: str) -> None:
+    """What `_finish` did for a file read earlier (rows of the same content come from a cache): count the
+    skipped rows in `SKIPPED` and log the same warning."""
+    if skipped:
+        SKIPPED[str(path)] += skipped
+        log.warning("skipped %d bad row%s in %s: first at %s", skipped, "" if skipped == 1 else "s", path, first)
 
 
 def _lines(path: Path, on_error: str) -> Iterator[tuple[int, str]]:
@@ -154,11 +168,32 @@ def doc_text(doc: dict) -> str:
     return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
 
 
+def corpus_file(root: str | Path) -> Path:
+    """The corpus file of a BEIR folder (corpus.jsonl or corpus.jsonl.gz). Raises DataError when missing."""
+    return _find(require_dir(root, "BEIR data"), ("corpus.jsonl", "corpus.jsonl.gz"), "corpus")
+
+
+def queries_file(root: str | Path) -> Path:
+    """The queries file of a BEIR folder (queries.jsonl or queries.jsonl.gz). Raises DataError when missing."""
+    return _find(require_dir(root, "BEIR data"), ("queries.jsonl", "queries.jsonl.gz"), "queries")
+
+
 def load_corpus(root: str | Path, on_error: str = "raise") -> dict[str, dict]:
+    """corpus.jsonl -> {doc id: {"title", "text"}} in file order (see `iter_corpus`)."""
+    return dict(iter_corpus(root, on_error))
+
+
+def iter_corpus(root: str | Path, on_error: str = "raise") -> Iterator[tuple[str, dict]]:
+    """(doc id, {"title", "text"}) of every valid document of a BEIR folder's corpus, in file order.
+
+    Raises:
+        DataError: a missing folder/file, or (on_error="raise") a line without '_id', without a string 'text',
+            with empty title and text, or repeating an id; no valid document at all (either way).
+    """
     _check_on_error(on_error)
-    root = require_dir(root, "BEIR data")
-    path = _find(root, ("corpus.jsonl", "corpus.jsonl.gz"), "corpus")
-    corpus: dict[str, dict] = {}
+    path = corpus_file(root)
+    seen: set[str] = set()
+    kept = 0
     for lineno, obj in _jsonl(path, on_error):
         doc_id = obj.get("_id")
         if doc_id is None or str(doc_id) == "":
@@ -172,18 +207,18 @@ def load_corpus(root: str | Path, on_error: str = "raise") -> dict[str, dict]:
         if not doc_text(doc):
             _fail(on_error, path, f"line {lineno}: document {doc_id!r} has empty title and text")
             continue
-        if doc_id in corpus:
+        if doc_id in seen:
             _fail(on_error, path, f"line {lineno}: duplicate document id {doc_id!r}")
             continue
-        corpus[doc_id] = doc
-    _finish(path, len(corpus), "documents")
-    return corpus
+        seen.add(doc_id)
+        kept += 1
+        yield doc_id, doc
+    _finish(path, kept, "documents")
 
 
 def load_queries(root: str | Path, on_error: str = "raise") -> dict[str, str]:
     _check_on_error(on_error)
-    root = require_dir(root, "BEIR data")
-    path = _find(root, ("queries.jsonl", "queries.jsonl.gz"), "queries")
+    path = queries_file(root)
     queries: dict[str, str] = {}
     for lineno, obj in _jsonl(path, on_error):
         qid = obj.get("_id")
@@ -276,15 +311,30 @@ def _grade(score: str) -> int | str:
 
 
 def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") -> list[tuple[str, str, float]]:
-    """STS tsv with a header naming `score`, `sentence1`, `sentence2` (other columns ignored).
+    """STS tsv with a header naming `score`, `sentence1`, `sentence2` (other columns ignored); see `iter_sts`."""
+    return list(iter_sts(path, max_score, on_error))
 
-    Split on tabs only: STS sentences contain quote characters that csv quoting would merge.
-    """
-    _check_on_error(on_error)
+
+def existing_file(path: str | Path, what: str) -> Path:
+    """`path` (user home expanded) if it is a file; else DataError "{what} file {path} does not exist"."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"STS file {path} does not exist")
-    rows: list[tuple[str, str, float]] = []
+        raise DataError(f"{what} file {path} does not exist")
+    return path
+
+
+def iter_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") -> Iterator[tuple[str, str, float]]:
+    """(sentence1, sentence2, score) of every valid row of an STS tsv with a header naming `score`, `sentence1`,
+    `sentence2` (other columns ignored); score in [0, max_score].
+
+    Split on tabs only: STS sentences contain quote characters that csv quoting would merge.
+    Raises:
+        DataError: a missing file or header; (on_error="raise") a short row, a score that is not a number in
+            range, an empty sentence; no valid row at all (either way).
+    """
+    _check_on_error(on_error)
+    path = existing_file(path, "STS")
+    kept = 0
     columns: tuple[int, int, int] | None = None
     for lineno, line in _lines(path, on_error):
         if columns is None:
@@ -318,21 +368,28 @@ def load_sts(path: str | Path, max_score: float = 5.0, on_error: str = "raise") 
         if not cols[i_a].strip() or not cols[i_b].strip():
             _fail(on_error, path, f"line {lineno}: empty sentence")
             continue
-        rows.append((cols[i_a], cols[i_b], score))
-    _finish(path, len(rows), "STS pairs")
-    return rows
+        kept += 1
+        yield cols[i_a], cols[i_b], score
+    _finish(path, kept, "STS pairs")
 
 
 def load_pairs(path: str | Path, on_error: str = "raise") -> list[tuple[str, ...]]:
-    """jsonl rows {"anchor"|"query": ..., "positive": ..., "negatives": [...] | "negative": ...}.
+    """jsonl rows {"anchor"|"query": ..., "positive": ..., "negatives": [...] | "negative": ...}; see `iter_pairs`."""
+    return list(iter_pairs(path, on_error))
 
-    Every row must have the same number of negatives (columns are fixed per batch).
+
+def iter_pairs(path: str | Path, on_error: str = "raise") -> Iterator[tuple[str, ...]]:
+    """(anchor, positive, negative_1..negative_n) of every valid row of a pairs jsonl file
+    {"anchor"|"query": ..., "positive": ..., "negatives": [...] | "negative": ...}.
+
+    Every row must have the same number of negatives as the first valid row (columns are fixed per batch).
+    Raises:
+        DataError: a missing or empty file; (on_error="raise") a line that is not a JSON object, a missing or
+            empty text, a different number of negatives; no valid row at all (either way).
     """
     _check_on_error(on_error)
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"pairs file {path} does not exist")
-    rows: list[tuple[str, ...]] = []
+    path = existing_file(path, "pairs")
+    kept = 0
     n_neg = None
     for lineno, obj in _jsonl(path, on_error):
         anchor = obj.get("anchor", obj.get("query"))
@@ -351,6 +408,53 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[tuple[str, ...
         elif len(negs) != n_neg:
             _fail(on_error, path, f"line {lineno}: {len(negs)} negatives, but earlier rows have {n_neg}")
             continue
-        rows.append(tuple(texts))
-    _finish(path, len(rows), "pairs")
-    return rows
+        kept += 1
+        yield tuple(texts)
+    _finish(path, kept, "pairs")
+
+
+def iter_labeled_pairs(path: str | Path, on_error: str = "raise") -> Iterator[tuple[str, str, float]]:
+    """(text_a, text_b, label) of every valid row of a jsonl file {"text_a", "text_b", "label": number}.
+
+    Raises:
+        DataError: a missing or empty file; (on_error="raise") a line that is not a JSON object, an empty or
+            missing text, a label that is not a finite number (true/false, NaN, Infinity refused); no valid row.
+    """
+    _check_on_error(on_error)
+    path = existing_file(path, "labeled pairs")
+    kept = 0
+    for lineno, obj in _jsonl(path, on_error):
+        a, b, lab = obj.get("text_a"), obj.get("text_b"), obj.get("label")
+        ok = isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()
+        if not ok or not _finite_number(lab):
+            _fail(on_error, path, f"line {lineno}: expected non-empty 'text_a', 'text_b' and a finite numeric 'label'")
+            continue
+        kept += 1
+        yield a, b, float(lab)  # type: ignore[arg-type]
+    _finish(path, kept, "labeled pairs")
+
+
+def _finite_number(value) -> bool:
+    """A JSON number (not true/false) that is a finite float (NaN, Infinity and ints beyond float refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def iter_text_lines(path: str | Path, on_error: str = "raise") -> Iterator[str]:
+    """Every non-blank line of a UTF-8 text file, stripped (one text per line: TSDAE sentences).
+
+    Raises:
+        DataError: a missing or empty file; (on_error="raise") a line that is not UTF-8; no text at all.
+    """
+    _check_on_error(on_error)
+    path = existing_file(path, "sentences")
+    kept = 0
+    for _, line in _lines(path, on_error):
+        if line.strip():
+            kept += 1
+            yield line.strip()
+    _finish(path, kept, "text lines")

@@ -1,9 +1,13 @@
 """Training sets: rows of texts in fixed columns, with the kind ("query"/"document") of each column.
 
-`rows` is a Python list for the line-oriented readers (beir, pairs jsonl, labeled_pairs jsonl, sts, sentences)
-and a lazy `TableRows` sequence over a memory-mapped Arrow table for `format=table` (and for pairs /
-labeled_pairs given a csv, tsv, parquet, arrow file or a dataset folder); code reads rows through
-`len(ts)`, `ts.get(i)` or `ts.rows[i]`, never assuming a list.
+Every format builds its rows on one layer, a memory-mapped Arrow table read lazily: `format=table` (and pairs /
+labeled_pairs given a csv, tsv, parquet, arrow file or a dataset folder) opens the table with `datasets`
+(embedexp.data.tables); the line-oriented formats (beir, pairs jsonl, labeled_pairs jsonl, sts, sentences incl.
+a plain text file) run their validating readers (embedexp.data.readers) and write the rows into an Arrow file
+cached by a digest of the source's bytes and the reader options (embedexp.data.line_rows). `rows` is then a
+`TableRows` (embedexp.data.table_rows) or, for sentences, a `TextRows` (embedexp.data.text_rows); labels are a
+float64 column of the same table. Training code reads rows through `len(ts)`, `ts.get(i)` or `ts.rows[i]`; a
+miner's output (and a TrainSet built by hand) may still hold a list.
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ from typing import Any
 
 from embedexp.data.readers import (
     DataError,
-    _fail,
-    _finish,
-    _jsonl,
-    _lines,
+    corpus_file,
     doc_text,
+    existing_file,
+    iter_corpus,
+    iter_labeled_pairs,
+    iter_pairs,
+    iter_sts,
+    iter_text_lines,
     load_corpus,
-    load_pairs,
     load_qrels,
     load_queries,
-    load_sts,
+    queries_file,
 )
 from embedexp.errors import ConfigError
 
@@ -91,64 +97,118 @@ class TrainSet:
         return h.hexdigest()
 
 
-def beir_pairs(root: str, split: str = "train", on_error: str = "raise", min_grade: int = 1) -> TrainSet:
-    """(query, positive document) for every qrel of `split` with grade >= min_grade."""
+def _table_rows(ds, key: str, where: str, mapping, on_error: str):
+    """TableRows over an Arrow table a line reader wrote (every row already valid: nothing is drawn)."""
+    from embedexp.data.table_rows import TableRows
+
+    return TableRows(ds, mapping, where, key, seed=0, on_error=on_error)
+
+
+def beir_pairs(
+    root: str, split: str = "train", on_error: str = "raise", min_grade: int = 1, cache_dir: str | None = None
+) -> TrainSet:
+    """(query, positive document) for every qrel of `split` with grade >= min_grade, as Arrow-backed rows.
+
+    The corpus (doc id -> text), qrels and one query id per row stay dicts/lists (miners use them).
+    Raises:
+        DataError: an unreadable BEIR folder or (on_error="raise") a bad line; no qrel with grade >= min_grade.
+    """
+    from embedexp.data.formats import Mapping
+    from embedexp.data.line_rows import arrow_rows, text_schema
+
     corpus = load_corpus(root, on_error)
     queries = load_queries(root, on_error)
     qrels = load_qrels(root, split, queries, corpus, on_error)
+    n_corpus = len(corpus)
     texts = {did: doc_text(d) for did, d in corpus.items()}
-    rows, qids = [], []
-    for qid, docs in qrels.items():
-        for did, grade in docs.items():
-            if grade >= min_grade:
-                rows.append((queries[qid], texts[did]))
-                qids.append(qid)
-    return TrainSet(
-        ("anchor", "positive"),
-        ("query", "document"),
+    del corpus
+    qids = [qid for qid, docs in qrels.items() for grade in docs.values() if grade >= min_grade]
+    qrels_path = Path(root).expanduser() / "qrels" / f"{split}.tsv"
+    if not qids:
+        raise DataError(f"{qrels_path}: no qrels row with a grade >= {min_grade}; expected at least one positive")
+
+    def rows():
+        for qid, docs in qrels.items():
+            for did, grade in docs.items():
+                if grade >= min_grade:
+                    yield queries[qid], texts[did]
+
+    ds, key = arrow_rows(
+        "beir",
+        [corpus_file(root), queries_file(root), qrels_path],
+        {"split": split, "min_grade": min_grade, "on_error": on_error},
         rows,
-        info={"queries": len(qrels), "corpus": len(corpus)},
+        lambda _: text_schema(["anchor", "positive"]),
+        cache_dir,
+    )
+    table = _table_rows(ds, key, str(qrels_path), Mapping("beir", "anchor", ["positive"]), on_error)
+    return TrainSet(
+        table.columns,
+        table.kinds,
+        table,
+        info={"queries": len(qrels), "corpus": n_corpus},
         query_ids=qids,
         corpus=texts,
         qrels=qrels,
     )
 
 
-def pair_rows(path: str, on_error: str = "raise") -> TrainSet:
-    rows = load_pairs(path, on_error)
-    n_neg = len(rows[0]) - 2 if rows else 0
-    columns = ("anchor", "positive", *(f"negative_{i + 1}" for i in range(n_neg)))
-    return TrainSet(columns, ("query",) + ("document",) * (1 + n_neg), rows)
+def pair_rows(path: str, on_error: str = "raise", cache_dir: str | None = None) -> TrainSet:
+    """(anchor, positive, negative_1..n) rows of a pairs jsonl file (readers.iter_pairs), Arrow-backed."""
+    from embedexp.data.formats import Mapping
+    from embedexp.data.line_rows import arrow_rows, text_schema
+
+    p = existing_file(path, "pairs")
+
+    def schema(row):
+        n_neg = len(row) - 2 if row else 0
+        return text_schema(["anchor", "positive", *(f"negative_{i + 1}" for i in range(n_neg))])
+
+    ds, key = arrow_rows("pairs", [p], {"on_error": on_error}, lambda: iter_pairs(p, on_error), schema, cache_dir)
+    negatives = [c for c in ds.column_names if c.startswith("negative_")]
+    rows = _table_rows(ds, key, str(p), Mapping("pairs", "anchor", ["positive"], negatives), on_error)
+    return TrainSet(rows.columns, rows.kinds, rows)
 
 
-def labeled_pair_rows(path: str, on_error: str = "raise") -> TrainSet:
+def _labelled(name: str, p: Path, options: dict, rows, on_error: str, cache_dir: str | None) -> TrainSet:
+    """(text_a, text_b) rows with a float64 `label` column, Arrow-backed; TrainSet.labels reads that column."""
+    from embedexp.data.formats import Mapping
+    from embedexp.data.line_rows import arrow_rows, text_schema
+    from embedexp.data.text_rows import Labels
+
+    schema = text_schema(["text_a", "text_b"], label="label")
+    ds, key = arrow_rows(name, [p], options, rows, lambda _: schema, cache_dir)
+    table = _table_rows(ds, key, str(p), Mapping(name, "text_a", ["text_b"], label="label"), on_error)
+    return TrainSet(table.columns, table.kinds, table, labels=Labels(table.labels()))
+
+
+def labeled_pair_rows(path: str, on_error: str = "raise", cache_dir: str | None = None) -> TrainSet:
     """jsonl rows {"text_a": ..., "text_b": ..., "label": number} (e.g. 0/1 for contrastive losses)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"labeled pairs file {path} does not exist")
-    rows, labels = [], []
-    for lineno, obj in _jsonl(path, on_error):
-        a, b, lab = obj.get("text_a"), obj.get("text_b"), obj.get("label")
-        ok = isinstance(a, str) and a.strip() and isinstance(b, str) and b.strip()
-        if not ok or not isinstance(lab, (int, float)) or isinstance(lab, bool) or lab != lab:
-            _fail(on_error, path, f"line {lineno}: expected non-empty 'text_a', 'text_b' and a numeric 'label'")
-            continue
-        rows.append((a, b))
-        labels.append(float(lab))
-    _finish(path, len(rows), "labeled pairs")
-    return TrainSet(("text_a", "text_b"), ("document", "document"), rows, labels=labels)
+    p = existing_file(path, "labeled pairs")
+    return _labelled(
+        "labeled_pairs", p, {"on_error": on_error}, lambda: iter_labeled_pairs(p, on_error), on_error, cache_dir
+    )
 
 
 def sts_rows(
-    path: str, on_error: str = "raise", max_score: float = 5.0, binary_threshold: float | None = None
+    path: str,
+    on_error: str = "raise",
+    max_score: float = 5.0,
+    binary_threshold: float | None = None,
+    cache_dir: str | None = None,
 ) -> TrainSet:
     """(text_a, text_b) with label = score / max_score in [0, 1], or 1/0 by `binary_threshold` on the raw score."""
-    data = load_sts(path, max_score=max_score, on_error=on_error)
-    if binary_threshold is None:
-        labels = [s / max_score for _, _, s in data]
-    else:
-        labels = [1.0 if s >= binary_threshold else 0.0 for _, _, s in data]
-    return TrainSet(("text_a", "text_b"), ("document", "document"), [(a, b) for a, b, _ in data], labels=labels)
+    p = existing_file(path, "STS")
+
+    def rows():
+        for a, b, s in iter_sts(p, max_score=max_score, on_error=on_error):
+            if binary_threshold is None:
+                yield a, b, s / max_score
+            else:
+                yield a, b, 1.0 if s >= binary_threshold else 0.0
+
+    options = {"on_error": on_error, "max_score": max_score, "binary_threshold": binary_threshold}
+    return _labelled("sts", p, options, rows, on_error, cache_dir)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
@@ -177,32 +237,50 @@ def sentence_rows(
     deletion_ratio: float = 0.6,
     seed: int = 0,
     on_error: str = "raise",
+    cache_dir: str | None = None,
 ) -> TrainSet:
     """Unlabelled text for TSDAE: a BEIR corpus (`root`) or a text file (`path`, one text per line).
 
-    unit="sentence" splits documents into sentences; rows are (damaged, original) after deletion noise.
+    unit="sentence" splits documents into sentences; texts with fewer than `min_words` words are dropped;
+    `max_rows` keeps a seeded sample (`random.Random(seed).sample`). The texts are Arrow-backed `(text,)` rows
+    (embedexp.data.text_rows.TextRows); `get(i)` gives (damaged, original) after deletion noise.
+    Raises:
+        ConfigError: an unknown `unit`, or neither `root` nor `path`; DataError: unreadable data or a bad line.
     """
+    from embedexp.data.line_rows import arrow_rows, text_schema
+    from embedexp.data.text_rows import TextRows
+
     if unit not in ("sentence", "document"):
         raise ConfigError(f"data.train.unit={unit!r}; expected 'sentence' or 'document'")
     if root:
-        texts = [doc_text(d) for d in load_corpus(root, on_error).values()]
+        src = corpus_file(root)
+
+        def texts():
+            return (doc_text(d) for _, d in iter_corpus(root, on_error))
     elif path:
-        p = Path(path).expanduser()
-        if not p.is_file():
-            raise DataError(f"sentences file {p} does not exist")
-        texts = [line.strip() for _, line in _lines(p, on_error) if line.strip()]
-        _finish(p, len(texts), "text lines")
+        src = existing_file(path, "sentences")
+
+        def texts():
+            return iter_text_lines(src, on_error)
     else:
         raise ConfigError("data.train needs `root` (a BEIR folder) or `path` (a text file) for format=sentences")
-    if unit == "sentence":
-        texts = [s.strip() for t in texts for s in _SENTENCE_END.split(t)]
-    rows = [(t,) for t in texts if len(t.split()) >= min_words]
+
+    def rows():
+        for t in texts():
+            for s in (x.strip() for x in _SENTENCE_END.split(t)) if unit == "sentence" else (t,):
+                if len(s.split()) >= min_words:
+                    yield (s,)
+
+    options = {"on_error": on_error, "unit": unit, "min_words": min_words, "source": "corpus" if root else "lines"}
+    ds, key = arrow_rows("sentences", [src], options, rows, lambda _: text_schema(["text"]), cache_dir)
+    index = None
     if max_rows:
-        rows = random.Random(seed).sample(rows, min(max_rows, len(rows)))
+        n = ds.num_rows
+        index = random.Random(seed).sample(range(n), min(max_rows, n))  # the rows random.sample(rows) picks
     return TrainSet(
         ("damaged", "original"),
         ("document", "document"),
-        rows,
+        TextRows(ds, "text", key, index),
         transform=DeleteNoise(deletion_ratio, seed),
         info={"unit": unit},
     )
@@ -289,21 +367,22 @@ def build_train_set(spec: dict, seed: int = 0) -> TrainSet:
         table_keys = ("columns", "negatives_per_row", "positives", "split", "kind")
         if _is_table_path(spec["path"]) or any(spec.get(k) is not None for k in table_keys):
             fmt = "table"
-        else:
-            spec.pop("cache_dir", None)
+    cache = spec.pop("cache_dir", None) if fmt != "table" else None
     try:
         if fmt == "table":
             return table_rows(spec, seed, on_error)
         if fmt == "beir":
-            return beir_pairs(spec["root"], spec.get("split", "train"), on_error, int(spec.get("min_grade", 1)))
+            split, grade = spec.get("split", "train"), int(spec.get("min_grade", 1))
+            return beir_pairs(spec["root"], split, on_error, grade, cache)
         if fmt == "pairs":
-            return pair_rows(spec["path"], on_error)
+            return pair_rows(spec["path"], on_error, cache)
         if fmt == "labeled_pairs":
-            return labeled_pair_rows(spec["path"], on_error)
+            return labeled_pair_rows(spec["path"], on_error, cache)
         if fmt == "sts":
-            return sts_rows(spec["path"], on_error, float(spec.get("max_score", 5.0)), spec.get("binary_threshold"))
+            max_score = float(spec.get("max_score", 5.0))
+            return sts_rows(spec["path"], on_error, max_score, spec.get("binary_threshold"), cache)
         if fmt == "sentences":
-            return sentence_rows(seed=seed, on_error=on_error, **spec)
+            return sentence_rows(seed=seed, on_error=on_error, cache_dir=cache, **spec)
     except KeyError as e:
         raise ConfigError(f"data.train.{e.args[0]} is required for format={fmt}") from None
     except TypeError as e:
