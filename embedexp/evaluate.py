@@ -70,12 +70,6 @@ def evaluate(cfg: DictConfig) -> dict:
         meta["mteb_results"] = export_evaluation(
             out_dir, evaluator.mteb, base_encoder, tuned_encoder, meta["base_model"]
         )
-    if evaluator.mteb is not None:  # <out_dir>/mteb: mteb's results folder of tuned and base, as train writes
-        from embedexp.eval.mteb_export import export_evaluation
-
-        meta["mteb_results"] = export_evaluation(
-            out_dir, evaluator.mteb, base_encoder, tuned_encoder, meta["base_model"]
-        )
     extra_md = ""
     if decision_enabled(decision_cfg):
         bi_encoders = [("bi-encoder base", base_encoder)] + (
