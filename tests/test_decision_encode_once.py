@@ -167,6 +167,35 @@ def test_chunked_scoring_gives_the_scores_of_one_call(ce_dir, demo_set, monkeypa
     assert np.array_equal(got, inner.score(qs, ds, 3))
 
 
+class _Counting:
+    """A stand-in cross-encoder: the length of the document minus the query's; records every pair it scores."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, str]] = []
+
+    def score(self, queries, docs, batch_size=32, show_progress=False, desc=""):
+        self.seen += list(zip(queries, docs))
+        return np.array([float(len(d) - len(q)) for q, d in zip(queries, docs)])
+
+
+def test_memo_scores_each_distinct_pair_once_and_is_off_when_none():
+    from embedexp.eval.decision import _PairScorer
+
+    inner = _Counting()
+    scorer = _PairScorer(inner, "fp32")
+    scorer.memo = {}
+    a = (["q1", "q1", "q2"], ["doc a", "doc b", "doc a"])
+    b = (["q1", "q2", "q2", "q3"], ["doc b", "doc a", "doc a", "doc ccc"])  # 2 seen before, one repeated
+    assert scorer.new_pairs(set(zip(*b))) == 3
+    assert scorer.score(*a).tolist() == [3.0, 3.0, 3.0] and len(inner.seen) == 3
+    assert scorer.new_pairs(set(zip(*b))) == 1
+    assert scorer.score(*b).tolist() == [3.0, 3.0, 3.0, 5.0]
+    assert inner.seen[3:] == [("q3", "doc ccc")]
+    scorer.memo = None  # the latency passes: everything is scored
+    scorer.score(*b)
+    assert len(inner.seen) == 8
+
+
 def _native_bf16(monkeypatch, native: bool, slowdown: float = 10.0):
     import embedexp.trainer.inference as inference
 
@@ -233,13 +262,27 @@ def test_stages_log_start_and_rate_lines(ce_dir, demo_set, tiny_model_dir, caplo
     enc = Encoder(str(tiny_model_dir))
     settings = {"reranker": str(ce_dir), "top_k": 3, "batch_sizes": [4], "max_queries_for_latency": 4}
     with caplog.at_level(logging.INFO, logger="embedexp.progress"):
-        decision_table(demo_set, [("bi-encoder base", enc)], settings, stats=STATS)
+        t = decision_table(demo_set, [("bi-encoder base", enc)], settings, stats=STATS)
     lines = [r.getMessage() for r in caplog.records if r.name == "embedexp.progress"]
     n_docs, name = len(demo_set.docs), demo_set.name
     assert f"{name}: BM25: indexing {n_docs} documents ..." in lines
     assert f"{name}: bi-encoder base: encoding (fp32) {n_docs} documents ..." in lines
     assert any(line.startswith(f"{name}: bi-encoder base: {n_docs} documents in ") for line in lines)
-    assert any(line.startswith(f"{name}: bi-encoder base + reranker: reranking (fp32) ") for line in lines)
-    done = [line for line in lines if line.startswith(f"{name}: BM25 + reranker: ") and "pairs/s)" in line]
+    done = [line for line in lines if line.startswith(f"{name}: BM25 + reranker: ") and "new pairs/s)" in line]
     assert len(done) == 1, lines
+    # the quality passes score each distinct (query, document) pair once: the base row scores only pairs that the
+    # BM25 row did not (counted here from the rows' own first-stage rankings)
+    rows = {r.name: r for r in t["rows"]}
+    q_text, d_text = dict(zip(demo_set.query_ids, demo_set.queries)), dict(zip(demo_set.doc_ids, demo_set.docs))
+
+    def pairs(run):
+        return {(q_text[q], d_text[d]) for q, ranked in run.items() for d, _ in ranked[:3]}
+
+    bm25, dense = pairs(rows["BM25"].run), pairs(rows["bi-encoder base"].run)
+    assert 0 < len(bm25 & dense) < len(dense)
+    start = f"{name}: bi-encoder base + reranker: reranking (fp32; {len(bm25 & dense)} of {len(dense)} distinct pairs "
+    assert any(line.startswith(start) for line in lines), lines
+    assert any(
+        line.startswith(f"{name}: bi-encoder base + reranker: {len(dense - bm25)} new pairs in ") for line in lines
+    )
     assert any("latency at batch 4: 4 queries in " in line and "queries/s)" in line for line in lines), lines

@@ -16,7 +16,9 @@ query (a bi-encoder exactly as `embedexp.eval.metrics.retrieve`, so its row equa
 retrieves only documents with a score > 0, as Lucene does). A reranked row re-orders the first stage's top_k by
 cross-encoder score (`embedexp.eval.rerank.Reranker`, so with top_k >= 10 its nDCG@10 equals `eval.rerank`'s)
 and keeps the first stage's remaining documents below them, in their order; with top_k >= 100 its Recall@100
-is therefore its first stage's.
+is therefore its first stage's. Each distinct (query, document) pair is scored once per table in the quality
+passes (`_PairScorer.memo`: the rows' top-k lists overlap); a reused score may differ from a fresh one by float
+rounding only.
 
 Significance ("vs"): each row is compared with the row it is built from: a reranked row with its own first
 stage, bi-encoder base with BM25, bi-encoder tuned with bi-encoder base. Paired over the set's queries on
@@ -179,6 +181,11 @@ class _PairScorer:
     `score` orders the pairs as CrossEncoderScorer / CrossEncoderModel do (query + document length, longest
     first, stable) and hands them to the wrapped scorer in chunks of whole mini-batches, so every forward batch is
     the one a single call would make (identical scores) while `embedexp.progress` reports pairs as they go.
+
+    `memo` ({(query text, document text): score}, or None: off): while set, a pair already scored is not scored
+    again (the quality passes: BM25, base and tuned top-k lists share many pairs); the latency passes turn it off,
+    since they time the real work. A reused score was computed in another mini-batch, so it can differ from a
+    fresh one by float rounding (~1e-7), never more.
     """
 
     CHUNK_BATCHES = 16
@@ -186,6 +193,11 @@ class _PairScorer:
     def __init__(self, inner: Any, precision: str, desc: str = "rerank") -> None:
         self.inner, self.precision, self.desc = inner, precision, desc
         self.device = getattr(inner, "device", "cpu")
+        self.memo: dict[tuple[str, str], float] | None = None
+
+    def new_pairs(self, pairs: set[tuple[str, str]]) -> int:
+        """How many of these (query text, document text) pairs a call would score (all of them without memo)."""
+        return len(pairs) if self.memo is None else sum(1 for k in pairs if k not in self.memo)
 
     def _autocast(self):
         if self.precision != "bf16":
@@ -198,6 +210,16 @@ class _PairScorer:
         self, queries: list[str], docs: list[str], batch_size: int = 32, show_progress: bool = False, desc: str = ""
     ) -> np.ndarray:
         """(n,) float64 scores of the pairs (queries[i], docs[i])."""
+        if self.memo is None:
+            return self._score(queries, docs, batch_size, show_progress)
+        keys = list(zip(queries, docs))
+        todo = [k for k in dict.fromkeys(keys) if k not in self.memo]
+        if todo:
+            fresh = self._score([q for q, _ in todo], [d for _, d in todo], batch_size, show_progress)
+            self.memo.update(zip(todo, fresh.tolist()))
+        return np.array([self.memo[k] for k in keys], dtype=np.float64)
+
+    def _score(self, queries: list[str], docs: list[str], batch_size: int, show_progress: bool) -> np.ndarray:
         n = len(queries)
         out = np.empty(n, dtype=np.float64)
         order = sorted(range(n), key=lambda i: -(len(queries[i]) + len(docs[i])))
@@ -356,6 +378,7 @@ def _load_rerankers(
         except (ConfigError, ModelError) as e:
             raise type(e)(str(e).replace("eval.rerank.model", "eval.decision.reranker")) from None
         scorer = _PairScorer(inner, precision(getattr(inner, "device", "cpu")), label)
+        scorer.memo = {}  # quality passes score each distinct pair once per table
         r = Reranker(
             top_k=top_k, batch_size=batch_size, max_length=max_length, show_progress=show_progress, scorer=scorer
         )
@@ -530,17 +553,25 @@ def decision_table(
         block = [_quality(stage.label, stage.label, None, previous, first, s.qrels)]
         for label, r in rerankers:
             name = f"{stage.label} + {label}"
-            r.show_progress, r.scorer().desc = show_progress, f"{s.name}: {name}"
-            n_pairs = sum(min(len(v), top_k) for v in first.values())
-            with log_stage(f"{s.name}: {name}", n_pairs, "pairs", f"reranking ({r.scorer().precision})") as box:
+            scorer = r.scorer()
+            r.show_progress, scorer.desc = show_progress, f"{s.name}: {name}"
+            pairs = {(q_text[q], d_text[d]) for q, ranked in first.items() for d, _ in ranked[:top_k]}
+            n_new = scorer.new_pairs(pairs)
+            verb = f"reranking ({scorer.precision}; {len(pairs) - n_new} of {len(pairs)} distinct pairs already scored)"
+            with log_stage(f"{s.name}: {name}", n_new, "new pairs", verb) as box:
                 reranked, box["seconds"] = r.rerank(first, q_text, d_text)
             block.append(_quality(name, stage.label, str(r.path), stage.label, with_tail(reranked, first), s.qrels))
+        memos = [r.scorer().memo for _, r in rerankers]
+        for _, r in rerankers:
+            r.scorer().memo = None  # timed: every pair is scored, as in deployment
         for b in cfg["batch_sizes"]:
             what = f"{s.name}: {stage.label}" + (f" (+ {len(rerankers)} reranker(s))" if rerankers else "")
             with log_stage(f"{what}, latency at batch {int(b)}", n_latency, "queries", "timing"):
                 timing = measure_latency(stage, rerankers, depth, int(b), n_latency)
             for row, key in zip(block, [None] + [label for label, _ in rerankers]):
                 row.ms_per_query[int(b)], row.cpu_ms_per_query[int(b)] = timing[key]
+        for (_, r), memo in zip(rerankers, memos):
+            r.scorer().memo = memo
         rows += block
         previous = stage.label
     by_name = {r.name: r for r in rows}
