@@ -134,3 +134,21 @@ def test_sampler_batches_are_unchanged_by_the_page_releases(tmp_path, monkeypatc
         for b in plan.batches(epoch):
             h.update(np.asarray(b, dtype=np.int64).tobytes())
     assert h.hexdigest() == "566f68539f11e39f"
+
+
+@linux
+def test_opening_a_table_leaves_none_of_its_cache_file_resident(tmp_path):
+    """Opening reads every record batch's header of the Arrow cache file (with fault-around, ~64 KiB mapped per
+    header); `open_table` gives those pages back (`settle_after_open`)."""
+    import pyarrow.parquet as pq
+
+    from embedexp.data.tables import open_table
+
+    texts = [f"row {i:06d} " + "word " * 18 for i in range(30_000)]
+    pq.write_table(pa.table({"anchor": texts, "positive": texts[::-1]}), tmp_path / "p.parquet")
+    ds, _, _ = open_table(str(tmp_path / "p.parquet"), cache_dir=str(tmp_path / "hf"))
+    cache = ds.cache_files[0]["filename"]
+    assert ds.data.table.column("anchor").num_chunks == 30  # datasets' 1,000-row record batches
+    assert MappedPages.of(ds.data.table).ranges  # memory-mapped, not read into memory
+    assert _resident_mib(cache) < 0.1
+    assert ds[29_999]["anchor"] == texts[-1]  # rows read as before

@@ -104,7 +104,8 @@ def hash_strings(texts: pa.Array | pa.ChunkedArray, batch: int = BATCH, release:
                 pages.read(part.nbytes)
     if pages is not None:
         pages.close()
-    h = (out & np.uint64(_MASK63)).view(np.int64)
+    out &= np.uint64(_MASK63)  # in place: no second (N,) array at the peak
+    h = out.view(np.int64)
     h[h == 0] = 1  # text_hash never returns 0 (PAD)
     h[null] = PAD
     return h
@@ -214,7 +215,9 @@ def plan_no_duplicates(
     risky = shared_rows(hashes)  # rows with a text that occurs elsewhere too; all others always fit
     if not risky.any():  # no text occurs twice anywhere: the batches are consecutive slices of `order`
         bounds = np.cumsum([0, *sizes])
-        return NoDuplicatePlan([order[a:b].copy() for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())], 0)
+        # views of one private copy of `order` (one (N,) array instead of a small array per batch)
+        order = order.copy()
+        return NoDuplicatePlan([order[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())], 0)
 
     def keys(r: int) -> set[int]:
         return {h for h in hashes[r].tolist() if h != PAD} if risky[r] else set()

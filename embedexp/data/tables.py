@@ -99,9 +99,13 @@ def open_table(path: str, split: str | None = None, cache_dir: str | None = None
     level = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its reader errors come back as our one line
     try:
-        return _open(datasets, path, split, cache_dir, kind)
+        opened = _open(datasets, path, split, cache_dir, kind)
     finally:
         datasets.logging.set_verbosity(level)
+    from embedexp.data.mapped_pages import settle_after_open
+
+    settle_after_open(opened[0].data.table)  # what opening left resident (embedexp.data.mapped_pages)
+    return opened
 
 
 def _open(datasets, path: str, split: str | None, cache_dir: str | None, kind: str | None):
