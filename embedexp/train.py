@@ -427,11 +427,12 @@ def train(cfg: DictConfig) -> dict:
 
     # 3. export, then results (results.json marks a finished run)
     model_dir = encoder.save(out_dir / "model")
-    what = (
-        f"{evaluator.first_stage.name} top {evaluator.top_k} reranked by base vs fine-tuned"
-        if cross
-        else "base vs fine-tuned"
-    )
+    if not cross:
+        what = "base vs fine-tuned"
+    elif getattr(evaluator, "rerank_base", True):
+        what = f"{evaluator.first_stage.name} top {evaluator.top_k} reranked by base vs fine-tuned"
+    else:
+        what = f"{evaluator.first_stage.name} alone vs its top {evaluator.top_k} reranked by the fine-tuned reranker"
     meta = {
         "title": f"{cfg.model.get('name', 'model')} on {cfg.data.get('name', 'data')}: {what}",
         "base_model": str(cfg.model.model_name_or_path),

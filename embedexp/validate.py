@@ -57,7 +57,8 @@ def validate_config(cfg: DictConfig, stage: str = "train") -> None:
         check_data_config("data", select(cfg, "data"))
         check_int("miner.n_negatives", miner.get("n_negatives", 1), 1)
     if stage in ("train", "evaluate"):
-        check_eval_config(select(cfg, "eval"), model_dim, _sets_key(cfg))
+        cross = stage == "train" and "CrossEncoder" in str((select(cfg, "model") or {}).get("_target_", ""))
+        check_eval_config(select(cfg, "eval"), model_dim, _sets_key(cfg), cross_encoder=cross)
     if stage == "evaluate" and select(cfg, "tuned") is not None:
         check_dir("tuned", select(cfg, "tuned"), "an exported model folder")
 

@@ -211,6 +211,8 @@ def test_tiny_reranker_trains_on_demo_data(loss, tmp_path):
         (["model=cross_encoder_tiny", "loss=rerank_bce", "eval.rerank.model=/x"], "eval.rerank.model='/x'"),
         (["model=cross_encoder_tiny", "loss=rerank_bce", "trainer.grad_cache.chunk_size=2"], "GradCache caches"),
         (["model=cross_encoder_tiny", "loss=rerank_bce", "+eval.first_stage=bm26"], "eval.first_stage='bm26'"),
+        (["+eval.first_stage=bm25"], "eval.first_stage='bm25' applies to reranker training runs only"),
+        (["+eval.rerank_base=false"], "eval.rerank_base=False applies to reranker training runs only"),
     ],
 )
 def test_wrong_model_loss_combinations_are_one_line_errors(overrides, expected, tmp_path):
@@ -262,11 +264,17 @@ def test_bi_encoder_first_stage_and_reranked_metrics_match_a_manual_pipeline(tin
     got = ev.evaluate(_LengthScorer())
     s = ev.sets[0]
     enc = Encoder(str(tiny_model_dir), max_seq_length=32)
-    run = retrieve(s.query_ids, enc.encode(s.queries, "query"), s.doc_ids, enc.encode(s.docs, "document"), 4)
+    # the first stage retrieves down to the deepest cutoff (Recall@100), the reranker re-orders its top 4 only
+    run = retrieve(s.query_ids, enc.encode(s.queries, "query"), s.doc_ids, enc.encode(s.docs, "document"), 100)
     first, _, _ = ev.first_stage_results()
     assert first == {f"t/{k}": v for k, v in ir_metrics(run, s.qrels, **ev.ks).items()}
     text = dict(zip(s.doc_ids, s.docs))
-    reranked = {q: [(d, -float(len(text[d]))) for d, _ in ranked] for q, ranked in run.items()}
+    reranked = {}
+    for q, ranked in run.items():
+        head = sorted(ranked[:4], key=lambda x: len(text[x[0]]))  # shortest first (lengths are distinct)
+        tail = ranked[4:]
+        n = len(head) + len(tail)
+        reranked[q] = [(d, float(n - i)) for i, (d, _) in enumerate(head + tail)]
     expected = {f"t/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ev.ks).items()}
     assert {k: v for k, v in got.items() if "ms_per_query" not in k} == expected
     assert expected != first  # the reranker changed the order, so the comparison means something

@@ -24,7 +24,7 @@ LISTED = {
         "eval.first_stage=bm25",
         "eval.rerank.top_k=",
         "eval.rerank.batch_size=",
-        "+eval.rerank_base=false",
+        "++eval.rerank_base=false",
         "model.peft.r=8",
         "model.peft.alpha",
         "model.gradient_checkpointing=true",

@@ -14,19 +14,29 @@ from embedexp.extras import require_extra
 K_LISTS = ("ndcg_at", "recall_at", "mrr_at", "map_at")
 
 
-def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets") -> None:
+RERANKER_RUN_KEYS = ("first_stage", "rerank_base")  # keys only a cross-encoder (reranker) training run reads
+
+
+def check_eval_config(ev: Any, model_dim: int | None, sets_key: str = "eval.sets", cross_encoder: bool = False) -> None:
     """Checks an `eval` preset (batch size, metric cut-offs, Matryoshka dims, each eval set's files) before any load.
 
     Args:
         ev: the resolved eval config.
         model_dim: the model's embedding size when known (`eval.dims` must not exceed it).
         sets_key: the key the user edits for the eval sets (`data.eval_sets` when eval.sets points there).
+        cross_encoder: the run trains a cross-encoder (eval.first_stage / eval.rerank_base apply to it only).
     Raises:
         ConfigError: naming the key, its value and what is expected.
     """
     if not isinstance(ev, dict):
         raise ConfigError(f"eval={ev!r}; expected an eval preset (e.g. eval=default)")
     check_int("eval.batch_size", ev.get("batch_size", 64), 1)
+    for key in RERANKER_RUN_KEYS:
+        if key in ev and not cross_encoder:
+            raise ConfigError(
+                f"eval.{key}={ev[key]!r} applies to reranker training runs only (model=cross_encoder_*); this run "
+                f"evaluates a bi-encoder: remove eval.{key} (to rerank a bi-encoder's top-k use eval.rerank.model)"
+            )
     ks = {k: check_int_list(f"eval.{k}", ev[k]) for k in K_LISTS if k in ev}
     dims = check_int_list("eval.dims", ev.get("dims"), optional=True)
     if dims and model_dim is not None and max(dims) > model_dim:

@@ -62,6 +62,7 @@ import numpy as np
 
 from embedexp.errors import ConfigError, ModelError
 from embedexp.eval.metrics import ir_metrics_per_query, retrieve
+from embedexp.eval.rerank import with_tail
 from embedexp.eval.sets import RetrievalSet
 from embedexp.eval.stage_log import stage as log_stage
 from embedexp.progress import progress_bar
@@ -384,21 +385,6 @@ def _load_rerankers(
         )
         r.path = loaded.path
         out.append((label, r))
-    return out
-
-
-def with_tail(reranked: Run, first: Run) -> Run:
-    """Each query's reranked top_k (cross-encoder scores), then the first stage's other documents below them.
-
-    The tail keeps the first stage's order (scores below the lowest cross-encoder score, strictly decreasing), so
-    ranks beyond top_k are the first stage's, as in a deployed two-stage pipeline.
-    """
-    out: Run = {}
-    for q, ranked in first.items():
-        head = list(reranked.get(q, []))
-        seen = {d for d, _ in head}
-        floor = min((s for _, s in head), default=0.0)
-        out[q] = head + [(d, floor - 1.0 - i) for i, d in enumerate(d for d, _ in ranked if d not in seen)]
     return out
 
 

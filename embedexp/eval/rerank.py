@@ -4,7 +4,9 @@ cross-encoder (a local sequence-classification folder, scored by the miners' Cro
 Reported beside the bi-encoder's own metrics as `<set>/rerank/<metric>`, plus
 `<set>/rerank/ms_per_query`: the cross-encoder's wall time over all (query, candidate) pairs divided by
 the number of queries, i.e. the latency the second stage adds per query at this batch size.
-Ties in cross-encoder score keep the bi-encoder order.
+Ties in cross-encoder score keep the bi-encoder order. The first stage retrieves `first_stage_depth` documents
+(at least the largest metric cutoff, e.g. 100 for Recall@100) and only its top_k are re-ordered: the rest stay
+below them in the first stage's order (`with_tail`), so Recall@100 of top-20 reranking is a real Recall@100.
 """
 
 from __future__ import annotations
@@ -20,6 +22,27 @@ from embedexp.eval.metrics import ir_metrics, retrieve
 from embedexp.eval.sets import RetrievalSet
 
 SETTING_KEYS = ("model", "top_k", "batch_size", "max_length", "device")
+Run = dict[str, list[tuple[str, float]]]  # {query id: [(doc id, score), ...]}
+
+
+def first_stage_depth(top_k: int, ks: dict[str, list[int]]) -> int:
+    """Documents per query a first stage must retrieve: max(top_k, every metric cutoff in `ks`)."""
+    return max([top_k, *(k for cutoffs in ks.values() for k in cutoffs)])
+
+
+def with_tail(reranked: Run, first: Run) -> Run:
+    """Each query's reranked top_k (cross-encoder scores), then the first stage's other documents below them.
+
+    The tail keeps the first stage's order (scores below the lowest cross-encoder score, strictly decreasing), so
+    ranks beyond top_k are the first stage's, as in a deployed two-stage pipeline.
+    """
+    out: Run = {}
+    for q, ranked in first.items():
+        head = list(reranked.get(q, []))
+        seen = {d for d, _ in head}
+        floor = min((s for _, s in head), default=0.0)
+        out[q] = head + [(d, floor - 1.0 - i) for i, d in enumerate(d for d, _ in ranked if d not in seen)]
+    return out
 
 
 def _positive_int(key: str, value) -> int:
@@ -68,7 +91,8 @@ class Reranker:
             self._fingerprint = (
                 folder_fingerprint(self.path) if self.path is not None else f"scorer:{type(self._scorer).__name__}"
             )
-        return {"model": self._fingerprint, "top_k": self.top_k, "max_length": self.max_length}
+        # v2: the first stage retrieves first_stage_depth documents and the reranked run keeps the tail
+        return {"v": 2, "model": self._fingerprint, "top_k": self.top_k, "max_length": self.max_length}
 
     def scorer(self):
         if self._scorer is None:
@@ -104,12 +128,12 @@ class Reranker:
         return out, seconds
 
     def evaluate(self, s: RetrievalSet, query_emb, doc_emb, ks: dict[str, list[int]]) -> dict[str, float]:
-        """`rerank/<metric>` for the set (full-dim embeddings), plus `rerank/ms_per_query`."""
-        run = retrieve(
-            s.query_ids, query_emb, s.doc_ids, doc_emb, self.top_k, ignore_identical_ids=s.ignore_identical_ids
-        )
+        """`rerank/<metric>` for the set (full-dim embeddings), plus `rerank/ms_per_query`: the top_k re-ordered, the
+        rest of the first stage's `first_stage_depth` documents below them."""
+        depth = first_stage_depth(self.top_k, ks)
+        run = retrieve(s.query_ids, query_emb, s.doc_ids, doc_emb, depth, ignore_identical_ids=s.ignore_identical_ids)
         reranked, seconds = self.rerank(run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs)))
-        out = {f"rerank/{k}": v for k, v in ir_metrics(reranked, s.qrels, **ks).items()}
+        out = {f"rerank/{k}": v for k, v in ir_metrics(with_tail(reranked, run), s.qrels, **ks).items()}
         out["rerank/ms_per_query"] = 1000.0 * seconds / max(len(s.query_ids), 1)
         return out
 

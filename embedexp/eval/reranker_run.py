@@ -19,7 +19,7 @@ Progress: the first stage's corpus encoding shows `embedexp.progress` bars/lines
 each long stage (BM25 indexing and scoring, corpus encoding, each reranking pass) logs a start line and an end
 line with its rate (documents/s, pairs/s; `embedexp.eval.stage_log`).
 
-`rerank_base=false` (`+eval.rerank_base=false`) skips the base reranker's pass: an untrained head's ranking
+`rerank_base=false` (`++eval.rerank_base=false`) skips the base reranker's pass: an untrained head's ranking
 is noise and costs a full reranking pass. The base evaluation (`evaluate(model, use_cache=True)`, the call made
 before training) then returns the first stage alone, so the run's base-vs-tuned table reads "first stage alone
 vs first stage + tuned reranker", and the section says the base reranker was skipped.
@@ -38,14 +38,14 @@ import numpy as np
 
 from embedexp.errors import ConfigError
 from embedexp.eval.metrics import ir_metrics_per_query, retrieve
-from embedexp.eval.rerank import Reranker
+from embedexp.eval.rerank import Reranker, first_stage_depth, with_tail
 from embedexp.eval.results import compare, markdown_table
 from embedexp.eval.sets import RetrievalSet, load_eval_sets
 from embedexp.eval.stage_log import stage as log_stage
 from embedexp.io import atomic_write
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: first stage retrieves max(top_k, cutoffs), reranked runs keep the tail
 K_KEYS = ("ndcg_at", "recall_at", "mrr_at", "map_at")
 # eval keys that only mean something for a bi-encoder run; refused in a reranker run (one line)
 BI_ENCODER_ONLY = {"dims": None, "mteb": None}
@@ -215,10 +215,42 @@ class RerankerRunEvaluator:
         self._runs: dict[str, tuple[dict, float]] = {}
         self._first: tuple[dict, dict, dict] | None = None
 
+    @property
+    def depth(self) -> int:
+        """Documents the first stage retrieves per query: top_k, or the largest metric cutoff when that is deeper
+        (the reranker re-orders the top_k; the rest stay below in first-stage order, so Recall@100 is real)."""
+        return first_stage_depth(self.top_k, self.ks)
+
     def _run(self, s: RetrievalSet) -> tuple[dict, float]:
+        """The first stage's run on `s` (depth documents per query) and its query-side seconds, computed once per
+        process and cached under `<cache_dir>/eval` by the first stage's settings (model fingerprint), the set and
+        the depth, so a second reranker run over the same first stage does not re-encode the corpus."""
         if s.name not in self._runs:
-            self._runs[s.name] = self.first_stage.run(s, self.top_k)
+            path = self._first_stage_cache_path(s)
+            hit = json.loads(path.read_text()) if path is not None and path.is_file() else None
+            if hit is not None:
+                log.info("%s: first stage %s from cache %s", s.name, self.first_stage.name, path)
+                run = {q: [(d, float(v)) for d, v in docs] for q, docs in hit["run"].items()}
+                self._runs[s.name] = run, float(hit["seconds"])
+            else:
+                self._runs[s.name] = self.first_stage.run(s, self.depth)
+                if path is not None:
+                    run, seconds = self._runs[s.name]
+                    atomic_write(path, json.dumps({"run": run, "seconds": seconds}))
         return self._runs[s.name]
+
+    def _first_stage_cache_path(self, s: RetrievalSet) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        payload = {
+            "v": CACHE_VERSION,
+            "kind": "first_stage_run",
+            "first_stage": self.first_stage.settings(),
+            "set": s.fingerprint,
+            "depth": self.depth,
+        }
+        key = hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
+        return self.cache_dir / "eval" / f"first_stage_{key}.json"
 
     def first_stage_results(self) -> tuple[dict[str, float], dict[str, dict], dict[str, float]]:
         """(metrics, per-query units, ms/query per set) of the first stage alone, computed once."""
@@ -291,7 +323,7 @@ class RerankerRunEvaluator:
                         run, dict(zip(s.query_ids, s.queries)), dict(zip(s.doc_ids, s.docs))
                     )
                     box["seconds"] = seconds
-                metrics, set_units = self._metrics(s, reranked)
+                metrics, set_units = self._metrics(s, with_tail(reranked, run))
                 metrics[f"{s.name}/rerank_ms_per_query"] = 1000.0 * seconds / max(len(s.query_ids), 1)
                 log.info("reranked %s (%s top %d) in %.1fs", s.name, self.first_stage.name, self.top_k, seconds)
                 if path is not None:
