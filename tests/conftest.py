@@ -57,3 +57,18 @@ def compose_demo_tiny(out: Path, cache: Path, *overrides: str):
             config_name="train",
             overrides=["experiment=demo_tiny", f"paths.output_dir={out}", f"paths.cache_dir={cache}", *overrides],
         )
+
+
+# A train() run spends ~55% of its CPU drawing the three PNGs (matplotlib) and ~20% on 10,000 bootstrap
+# resamples of the paired statistics. Tests that check neither (they read results.json's numbers, weights,
+# errors) use these; the plots are covered by tests/test_plots.py and the full runs of tests/test_train.py,
+# the statistics by tests/test_stats.py (against scipy) and the runs that keep the default.
+FAST_STATS = "eval.stats.n_resamples=200"
+
+
+@pytest.fixture()
+def no_plots(monkeypatch):
+    """write_results without the PNGs (write_plots never raises, so a run's results never depended on them)."""
+    import embedexp.eval.results
+
+    monkeypatch.setattr(embedexp.eval.results, "write_plots", lambda *args, **kwargs: [])

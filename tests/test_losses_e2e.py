@@ -8,6 +8,8 @@ from hydra import compose, initialize_config_dir
 
 from embedexp.config import config_dir, register_resolvers
 
+from conftest import FAST_STATS
+
 CASES = {
     "infonce_symmetric": ["loss.symmetric=true"],
     "triplet_random_miner": ["loss=triplet", "miner=random"],
@@ -54,13 +56,14 @@ def _cfg(out, overrides):
                 f"paths.cache_dir={out.parent / 'cache'}",
                 "trainer.max_steps=3",
                 "logger=none",
+                FAST_STATS,  # these cases check the training and results.json, not the bootstrap's precision
                 *overrides,
             ],
         )
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_loss_trains_end_to_end(case, tmp_path):
+def test_loss_trains_end_to_end(case, tmp_path, no_plots):
     from embedexp.train import train
 
     out = tmp_path / "out"
