@@ -45,8 +45,8 @@ JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 class TrainSet:
     columns: tuple[str, ...]
     kinds: tuple[str, ...]
-    rows: Sequence[tuple[str, ...]]  # a list, or a lazy TableRows (table-backed sets)
-    labels: Sequence[float] | None = None
+    rows: Sequence[tuple[str, ...]]  # lazy TableRows / TextRows from build_train_set; a list from miners or by hand
+    labels: Sequence[float] | None = None  # text_rows.Labels (an Arrow float64 column) from build_train_set
     info: dict[str, Any] = field(default_factory=dict)
     # retrieval-shaped sets keep ids so a miner can add negatives
     query_ids: list[str] | None = None
