@@ -9,7 +9,11 @@ does the same with a 10-row file: the imports' and the model's own footprint. Pe
 VmHWM, its own peak (not ru_maxrss, which holds the parent's: scripts/_rss.py; anonymous + file-backed pages: the memory-mapped Arrow table's pages that were read count too; the
 split at the end of the run is reported beside it); the 1M-row run is also repeated with the Arrow cache warm (a second run on the same data).
 
-    .venv/bin/python scripts/bench_data.py [--rows 1000000 10000] [--write-docs docs/data.md]
+    .venv/bin/python scripts/bench_data.py [--rows 1000000 10000] [--write-docs docs/data.md] [--phases]
+
+`--phases` also prints, per run, each phase's own peak (VmHWM reset at its start: open_table, files_digest,
+TableRows' row checks, model, row_hashes, plan_no_duplicates, sampler + first batch, first step), the
+anonymous / file-backed RSS at its end and its CPU seconds; the run's peak is then the largest of them.
 """
 
 from __future__ import annotations
