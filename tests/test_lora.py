@@ -255,7 +255,7 @@ def test_lora_step_gradient_equals_single_process_big_batch(case, tiny_model_dir
 def qwen2_lora_run(tmp_path_factory):
     from embedexp.train import train
 
-    from conftest import compose_demo_tiny
+    from conftest import FAST_STATS, compose_demo_tiny
 
     root = tmp_path_factory.mktemp("lora_run")
     cfg = compose_demo_tiny(
@@ -266,8 +266,11 @@ def qwen2_lora_run(tmp_path_factory):
         "model.gradient_checkpointing=true",
         "logger=none",
         "trainer.max_steps=5",  # a few LoRA steps are enough to move the embeddings; keeps the default run short
+        FAST_STATS,  # the test reads base/tuned numbers and the export, not the bootstrap's precision
     )
-    train(cfg)
+    with pytest.MonkeyPatch.context() as mp:  # the no_plots fixture, for a module-scoped run: no PNGs drawn
+        mp.setattr("embedexp.eval.results.write_plots", lambda *args, **kwargs: [])
+        train(cfg)
     return root / "out", cfg
 
 

@@ -84,12 +84,23 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, isolated_cache,
     assert not (killed_dir / "checkpoints").exists()  # removed once results.json is written (checkpoint.keep=false)
 
 
-def test_bad_ckpt_path_is_one_line_error(tmp_path, isolated_cache):
-    env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
-    r = _run([*BASE_ARGS, f"hydra.run.dir={tmp_path / 'run'}", f"ckpt_path={tmp_path / 'nope.ckpt'}"], env)
-    assert r.returncode == 2
-    assert "ckpt_path=" in r.stderr and "no such checkpoint file" in r.stderr
-    assert not (tmp_path / "run" / "results.json").exists()
+def test_bad_ckpt_path_is_one_line_error(tmp_path, isolated_cache, capsys):
+    """In this process (a subprocess costs a fresh torch/Lightning import): the entry point's one_line_errors
+    wrapper around train(); the command line's exit-2 path is covered by test_bad_inputs' CLI tests."""
+    from embedexp.cli import one_line_errors
+    from embedexp.train import train
+
+    from conftest import compose_demo_tiny
+
+    out = tmp_path / "run"
+    cfg = compose_demo_tiny(out, isolated_cache, *BASE_ARGS[1:], f"ckpt_path={tmp_path / 'nope.ckpt'}")
+    with pytest.raises(SystemExit) as exc:
+        one_line_errors(train)(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "ckpt_path=" in err and "no such checkpoint file" in err
+    assert len([line for line in err.splitlines() if line.startswith("embedexp: error:")]) == 1
+    assert not (out / "results.json").exists()
 
 
 def test_sampler_skips_exactly_the_trained_batches():
@@ -115,19 +126,22 @@ def test_resume_with_other_batch_size_fails_before_base_evaluation(tmp_path, iso
     """Issue 14 item 6 through the CLI: a checkpoint saved with data.batch_size=8, resumed with 4, is one
     `embedexp: error:` line naming both values, before the base evaluation runs (its cache stays empty).
     Reference: before the fix this resume went ahead and trained rows of the first 2 batches a second time."""
+    from embedexp.train import train
+
+    from conftest import compose_demo_tiny
+
     run_dir = tmp_path / "run"
     env = dict(os.environ, EMBEDEXP_CACHE=str(isolated_cache))
-    first = _run(
-        [
-            *BASE_ARGS,
-            "trainer.max_steps=2",
-            "checkpoint.every_n_steps=1",
-            "checkpoint.keep=true",
-            f"hydra.run.dir={run_dir}",
-        ],
-        env,
+    # the run that leaves the checkpoint: in this process (only the resume is about the command line)
+    first = compose_demo_tiny(
+        run_dir,
+        isolated_cache,
+        *BASE_ARGS[1:],
+        "trainer.max_steps=2",
+        "checkpoint.every_n_steps=1",
+        "checkpoint.keep=true",
     )
-    assert first.returncode == 0, first.stderr[-3000:]
+    train(first)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     fresh_cache = tmp_path / "cache2"
     resumed = _run(
