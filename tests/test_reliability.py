@@ -21,9 +21,12 @@ from embedexp.io import atomic_write
 from embedexp.losses import InfoNCELoss
 from embedexp.secrets import scrub_secrets
 
-from conftest import DEMO, REPO
+from conftest import DEMO, FAST_STATS, REPO
 
-FAST = ["logger=none", "trainer.enable_progress_bar=false"]
+# the in-process runs here check errors, weights and results.json's numbers: no PNGs (the no_plots fixture),
+# 200 bootstrap resamples instead of 10,000 (seeded either way, so equal seeds still give equal metrics)
+pytestmark = pytest.mark.usefixtures("no_plots")
+FAST = ["logger=none", "trainer.enable_progress_bar=false", FAST_STATS]
 
 
 class FlakyLoss(InfoNCELoss):
