@@ -72,3 +72,26 @@ def no_plots(monkeypatch):
     import embedexp.eval.results
 
     monkeypatch.setattr(embedexp.eval.results, "write_plots", lambda *args, **kwargs: [])
+
+
+def tiny_cross_encoder(path: Path, tokenizer_dir: Path, seed: int) -> Path:
+    """A tiny random one-label BertForSequenceClassification folder (a CrossEncoder) with the tiny tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(tokenizer_dir / f, path / f)
+    return path

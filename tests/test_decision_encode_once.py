@@ -5,7 +5,6 @@ fallback as the Evaluator), and long stages log progress lines with their rate. 
 import functools
 import json
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from embedexp.config import config_dir, register_resolvers
 
-from conftest import DEMO
+from conftest import DEMO, tiny_cross_encoder
 
 SETS = {"demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"}}
 KS = {"ndcg_at": [10], "recall_at": [100], "mrr_at": [10], "map_at": [10]}
@@ -32,23 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def ce_dir(tmp_path_factory, tiny_model_dir):
     """A tiny random one-label BertForSequenceClassification folder (a CrossEncoder) with the tiny tokenizer."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("models") / "tiny-ce"
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    torch.manual_seed(7)
-    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(tiny_model_dir / f, path / f)
-    return path
+    return tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", tiny_model_dir, seed=7)
 
 
 @pytest.fixture(scope="module")

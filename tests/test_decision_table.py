@@ -6,7 +6,6 @@ the reranked row against `eval.rerank`.
 """
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from embedexp.cli import one_line_errors
 from embedexp.config import config_dir, register_resolvers
 from embedexp.errors import ConfigError
 
-from conftest import DEMO
+from conftest import DEMO, tiny_cross_encoder
 
 SETS = {
     "demo_test": {"type": "retrieval", "root": str(DEMO), "split": "test"},
@@ -41,23 +40,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def cross_encoder_dir(tmp_path_factory, tiny_model_dir):
     """A tiny random BertForSequenceClassification with one label (a CrossEncoder folder) + the MiniLM tokenizer."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    path = tmp_path_factory.mktemp("models") / "tiny-ce"
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    torch.manual_seed(3)
-    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(tiny_model_dir / f, path / f)
-    return path
+    return tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", tiny_model_dir, seed=3)
 
 
 @pytest.fixture(scope="module")
