@@ -426,6 +426,8 @@ def train(cfg: DictConfig) -> dict:
         return {}
 
     # 3. export, then results (results.json marks a finished run)
+    if not cross:
+        encoder.matryoshka_dims = [int(d) for d in getattr(loss, "dims", None) or []] or None
     model_dir = encoder.save(out_dir / "model")
     if not cross:
         what = "base vs fine-tuned"

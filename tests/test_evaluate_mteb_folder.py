@@ -67,7 +67,9 @@ def tuned(tmp_path, monkeypatch):
     from embedexp.models.tiny import build_tiny_bert
 
     monkeypatch.setenv("MTEB_CACHE", str(tmp_path / "cache" / "mteb"))
-    return Encoder(str(build_tiny_bert(tmp_path / "other", seed=5))).save(tmp_path / "tuned")
+    encoder = Encoder(str(build_tiny_bert(tmp_path / "other", seed=5)))
+    encoder.matryoshka_dims = [16, 8]  # as embedexp-train records a Matryoshka loss's dims in the folder
+    return encoder.save(tmp_path / "tuned")
 
 
 def _loaded(folder: Path, model: str) -> dict[str, float]:
@@ -100,6 +102,9 @@ def test_evaluate_tuned_writes_mtebs_results_folder_for_tuned_and_base(tmp_path,
     assert metrics["mteb/STSBenchmark/main_score"]["base"] != metrics["mteb/STSBenchmark/main_score"]["tuned"]
     meta = ModelMeta.model_validate(json.loads((Path(folders["tuned"]) / "model_meta.json").read_text()))
     assert meta.revision == tuned_fp and meta.adapted_from == results["base_model"]
+    assert list(meta.embed_dim) == [Encoder.from_exported(tuned).dim, 16, 8]  # the folder's Matryoshka dims
+    base_meta = json.loads((Path(folders["base"]) / "model_meta.json").read_text())
+    assert base_meta["embed_dim"] == instantiate(cfg.model).dim  # the base model was not trained for them
 
     # a second evaluation: the base scores now come from embedexp's eval cache; mteb's result cache still has them
     again = _run(tmp_path, "second", tuned)[0]["mteb_results"]

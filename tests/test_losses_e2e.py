@@ -74,6 +74,11 @@ def test_loss_trains_end_to_end(case, tmp_path, no_plots):
     assert any(abs(r["delta"]) > 0 for r in metrics.values()), "training did not change the model"
     if "eval.dims=[16,8]" in CASES[case]:
         assert "demo_test/ndcg@10@dim8" in metrics and "demo_sts/spearman@dim16" in metrics
+    if "loss=matryoshka" in CASES[case]:  # the folder records the dims it was trained for (mteb ModelMeta reads them)
+        from embedexp.models import Encoder
+
+        dims = [int(d) for d in next(o for o in CASES[case] if o.startswith("loss.dims=")).split("=")[1][1:-1].split(",")]
+        assert Encoder.from_exported(out / "model").matryoshka_dims == dims
 
 
 def test_matryoshka_encodes_each_column_once_per_step(tiny_model_dir):

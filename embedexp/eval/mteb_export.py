@@ -41,13 +41,16 @@ def tuned_model_meta(
         name: `organisation/model` (mteb requires the slash).
         base_model: what it was fine-tuned from (ModelMeta.adapted_from).
         training_datasets: names of the data it was trained on.
-        matryoshka_dims: the Matryoshka loss's dims; embed_dim becomes [full dim, *smaller dims].
+        matryoshka_dims: the Matryoshka loss's dims; embed_dim becomes [full dim, *smaller dims]. None: the
+            encoder's own `matryoshka_dims` (what a folder written by embedexp-train with a Matryoshka loss records).
     Returns:
         mteb.models.model_meta.ModelMeta.
     """
     from mteb.models.model_meta import ModelMeta
 
     backbone = getattr(encoder, "backbone", None)
+    if matryoshka_dims is None:
+        matryoshka_dims = getattr(encoder, "matryoshka_dims", None)
     dims = sorted({int(encoder.dim), *(int(d) for d in matryoshka_dims or [] if int(d) <= encoder.dim)}, reverse=True)
     return ModelMeta(
         loader=None,

@@ -153,6 +153,9 @@ class Encoder(nn.Module):
         if torch_dtype is not None and torch_dtype not in TORCH_DTYPES:
             raise ConfigError(f"model.torch_dtype={torch_dtype!r}; expected one of {', '.join(TORCH_DTYPES)} or null")
         self.torch_dtype = torch_dtype
+        # Matryoshka dims the weights were trained for (set by embedexp-train from loss.dims; saved with the folder
+        # and read back by from_exported), so a later evaluate/export can list them in mteb's ModelMeta
+        self.matryoshka_dims: list[int] | None = None
         self._manual_eos = False  # True: the tokenizer cannot be taught to append EOS; tokenize() appends it
         self._eos_added = False  # True: ensure_eos changed what the tokenizer makes
         self.tokenizer, self.backbone = self._load(self.model_name_or_path)
@@ -540,6 +543,7 @@ class Encoder(nn.Module):
                 "default_prompt_name": None,
                 "similarity_fn_name": "cosine",  # what embedexp evaluates (and trains) with, normalised or not
                 "embedexp": self.settings(),
+                **({"embedexp_training": {"matryoshka_dims": self.matryoshka_dims}} if self.matryoshka_dims else {}),
             },
         )
         return replace_folder(tmp, path)
@@ -549,10 +553,12 @@ class Encoder(nn.Module):
         """Load a folder written by `save` (or any classic sentence-transformers folder) with its settings."""
         path = Path(path)
         settings: dict = {}
+        matryoshka_dims = None
         st_cfg = path / "config_sentence_transformers.json"
         if st_cfg.is_file():
             data = json.loads(st_cfg.read_text())
             settings = dict(data.get("embedexp") or {})
+            matryoshka_dims = (data.get("embedexp_training") or {}).get("matryoshka_dims")
             prompts = data.get("prompts") or {}
             settings.setdefault("query_prefix", prompts.get("query", ""))
             settings.setdefault("document_prefix", prompts.get("document", ""))
@@ -572,7 +578,10 @@ class Encoder(nn.Module):
         if "max_seq_length" not in settings and sb.is_file():
             settings["max_seq_length"] = int(json.loads(sb.read_text()).get("max_seq_length", 256))
         settings.update(overrides)
-        return cls(str(path), **settings)
+        encoder = cls(str(path), **settings)
+        if matryoshka_dims:
+            encoder.matryoshka_dims = [int(d) for d in matryoshka_dims]
+        return encoder
 
 
 def _write_json(path: Path, obj) -> None:
