@@ -77,7 +77,9 @@ def test_loss_trains_end_to_end(case, tmp_path, no_plots):
     if "loss=matryoshka" in CASES[case]:  # the folder records the dims it was trained for (mteb ModelMeta reads them)
         from embedexp.models import Encoder
 
-        dims = [int(d) for d in next(o for o in CASES[case] if o.startswith("loss.dims=")).split("=")[1][1:-1].split(",")]
+        dims = [
+            int(d) for d in next(o for o in CASES[case] if o.startswith("loss.dims=")).split("=")[1][1:-1].split(",")
+        ]
         assert Encoder.from_exported(out / "model").matryoshka_dims == dims
 
 
