@@ -1,0 +1,94 @@
+"""Exact evaluation top-k at scale: no (query chunk x corpus) temporary besides the one score block, one block alive
+at a time, and the trec_eval-ordered top-k unchanged (checked against a brute-force sort of every score)."""
+
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from embedexp.eval import metrics
+
+
+def _tied(seed=0, nq=40, nd=300, dim=4):
+    """Unit vectors with entries +-0.5 (norm exactly 1, so normalising changes nothing) and exact dot products
+    in multiples of 0.25: almost every row has a tie group straddling any cut."""
+    rng = np.random.default_rng(seed)
+    q = (rng.integers(0, 2, (nq, dim)) * 2 - 1).astype(np.float32) / 2
+    d = (rng.integers(0, 2, (nd, dim)) * 2 - 1).astype(np.float32) / 2
+    return torch.from_numpy(q), torch.from_numpy(d)
+
+
+def _brute_force(q, d, k, ids):
+    """First k of each query's full ranking by (score descending, doc id descending), in plain Python."""
+    sim = (q.double() @ d.double().T).tolist()  # exact here: entries +-0.5, dim 4
+    rows = []
+    for scores in sim:
+        order = sorted(range(len(ids)), key=lambda j: (scores[j], ids[j]), reverse=True)[:k]
+        rows.append(order)
+    return rows
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 299, 300])
+def test_top_k_with_ids_equals_brute_force_trec_order(k, monkeypatch):
+    """Ties at the cut pick the largest ids and rows are in trec_eval order, for small chunks (several products)
+    and for k = n_docs (no (k+1)-th score to look at)."""
+    q, d = _tied()
+    ids = [f"d{(j * 7919) % 1000:03d}" for j in range(d.shape[0])]  # id order unrelated to corpus order
+    monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 300 * 9)
+    s, i = metrics.top_k(q, d, k, doc_ids=ids)
+    assert i.shape == (q.shape[0], k) and s.shape == (q.shape[0], k)
+    assert i.tolist() == _brute_force(q, d, k, ids)
+    ref = (q @ d.T).gather(1, i)
+    assert torch.equal(s, ref)
+
+
+def test_no_query_chunk_by_corpus_temporary_besides_the_scores(monkeypatch):
+    """Before: `(sim >= kth).sum(dim=1)` built a (chunk x n_docs) bool mask and its int64 sum per chunk (three
+    times the score block's memory); now only rows whose (k+1)-th score ties the k-th are compared, one row at a
+    time."""
+    q, d = _tied(1, nq=64, nd=500)
+    ids = [f"d{j:04d}" for j in range(500)]
+    shapes = []
+    real_ge = torch.Tensor.__ge__
+
+    def spy(a, b):
+        out = real_ge(a, b)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "__ge__", spy)
+    s, i = metrics.top_k(q, d, 10, doc_ids=ids)
+    assert i.tolist() == _brute_force(q, d, 10, ids)
+    assert all(len(shape) <= 1 for shape in shapes), shapes[:3]
+
+
+def test_one_score_block_alive_at_a_time(monkeypatch):
+    """Before: the previous chunk's (chunk x n_docs) scores were still referenced while the next product was
+    computed, so two blocks (2 x 64 MB at 10^6 documents) were alive at the peak."""
+    q, d = _tied(2, nq=50, nd=300)
+    ids = [f"d{j:04d}" for j in range(300)]
+    blocks: list[weakref.ref] = []
+    alive_at_product: list[int] = []
+    real_mm = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        alive_at_product.append(sum(r() is not None for r in blocks))
+        out = real_mm(a, b)
+        blocks.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
+    monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 300 * 7)
+    metrics.top_k(q, d, 5, doc_ids=ids)
+    assert len(alive_at_product) == 8
+    assert max(alive_at_product) == 0, alive_at_product
+
+
+def test_nan_scores_keep_their_old_handling():
+    """NaN scores rank first in torch.topk and are not counted by `>=`: a row whose k-th score ties the (k+1)-th only
+    because of NaNs is not re-selected, as before the change."""
+    q = torch.tensor([[1.0, 0.0]])
+    d = torch.tensor([[float("nan"), 0.0], [float("nan"), 0.0], [0.5, 0.5], [0.2, 0.9], [1.0, 0.1]])
+    s, i = metrics.top_k(q, d, 2, doc_ids=["a", "b", "c", "d", "e"])
+    assert torch.isnan(s).all() and sorted(i[0].tolist()) == [0, 1]
