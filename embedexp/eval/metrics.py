@@ -98,9 +98,9 @@ def _trec_top_k(
     maybe = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
     for r in maybe:
         row = sim[r].cpu()
-        if int((row >= v[r, k - 1]).sum()) <= k:  # e.g. NaN scores, which no >= comparison counts
-            continue
         cand = torch.nonzero(row >= v[r, k - 1].cpu()).flatten().numpy()
+        if len(cand) <= k:  # no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
+            continue
         cand_scores = row[cand].numpy()
         keep = np.lexsort((id_rank[cand], -cand_scores))[:k]
         v_np[r], i_np[r] = cand_scores[keep], cand[keep]
