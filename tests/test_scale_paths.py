@@ -55,9 +55,8 @@ def test_rank_dense_tiles_stay_within_the_budget(monkeypatch):
 
 
 def test_eval_top_k_chunks_are_capped(monkeypatch):
-    """metrics.top_k: a chunk of queries x the whole corpus is capped at SCORE_BLOCK_ELEMENTS similarities (before:
-    chunk_size=1024 queries whatever the corpus size, 4 GB of scores at 10^6 documents); the ranking is unchanged.
-    Corpora under SCORE_BLOCK_ELEMENTS / 1024 = 16,384 documents (SciFact, NFCorpus) keep 1024-query chunks."""
+    """metrics.top_k: a (query chunk x corpus block) tile is capped at SCORE_BLOCK_ELEMENTS similarities (before:
+    chunk_size=1024 queries whatever the corpus size, 4 GB of scores at 10^6 documents); the ranking is unchanged."""
     q, d = _data(2, nq=50, nd=300)
     q, d = torch.from_numpy(np.nan_to_num(q)), torch.from_numpy(np.nan_to_num(d))
     ids = [f"d{i:04d}" for i in range(300)]
@@ -67,13 +66,13 @@ def test_eval_top_k_chunks_are_capped(monkeypatch):
 
     def spy(a, b):
         out = real_mm(a, b)
-        rows.append(out.shape[0])
+        rows.append(out.numel())
         return out
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
     monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 300 * 7)
     s, i = metrics.top_k(q, d, 10, doc_ids=ids)
-    assert max(rows) == 7 and len(rows) == 8
+    assert max(rows) <= 300 * 7 and len(rows) >= 8
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(s, ref_s, rtol=1e-6, atol=1e-6)  # fewer rows per product: last-bit rounding only
 

@@ -38,7 +38,8 @@ def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
     return rank
 
 
-SCORE_BLOCK_ELEMENTS = 1 << 24  # at most this many float32 similarities per chunk (64 MB) in `top_k`
+SCORE_BLOCK_ELEMENTS = 1 << 22  # float32 similarities per (query chunk x corpus block) tile in `top_k`: 16 MB
+QUERY_CHUNK_MIN = 256  # queries per tile at least, when the corpus is split into blocks
 
 
 def top_k(
@@ -48,62 +49,99 @@ def top_k(
     chunk_size: int = 1024,
     doc_ids: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact cosine top-k by chunked matrix products (float32, as mteb scores).
+    """Exact cosine top-k, one (query chunk x corpus block) tile of similarities at a time (float32, as mteb scores).
 
     Args:
-        query_emb: (n_queries, dim); doc_emb: (n_docs, dim); neither needs to be normalised.
+        query_emb: (n_queries, dim); doc_emb: (n_docs, dim); neither needs to be normalised (each is normalised
+            here, the corpus one block at a time: no normalised copy of the whole corpus is made).
         k: documents per query (at most n_docs).
-        chunk_size: queries per matrix product, capped so a chunk holds at most SCORE_BLOCK_ELEMENTS similarities
-            (memory stays flat in the corpus size; a 10^6-document corpus gets 16 queries per chunk).
+        chunk_size: queries per tile at most. A tile holds at most SCORE_BLOCK_ELEMENTS similarities: a corpus of
+            up to SCORE_BLOCK_ELEMENTS / chunk_size documents is one block (SciFact, NFCorpus: one product per
+            query chunk); a larger one is cut into blocks of SCORE_BLOCK_ELEMENTS / chunk documents, chunk >=
+            QUERY_CHUNK_MIN, and each tile's top-k is merged into a running top-k per query (as mteb's exact
+            search merges corpus chunks). Memory: one tile + one normalised block + O(n_queries * k).
         doc_ids: when given, each row is in trec_eval's order (score descending, then doc id
             descending) and documents tied with the k-th score are chosen by that rule too, so the
-            top-k set is the first k of trec_eval's full ranking. Without ids, ties follow torch.topk.
+            top-k set is the first k of trec_eval's full ranking. Without ids, ties are in no set order.
 
     Returns:
         (scores, indices), each (n_queries, k): cosine similarities and row indices into doc_emb.
+
+    Raises:
+        ValueError: doc_ids and doc_emb differ in length.
     """
     q = F.normalize(query_emb.float(), dim=-1)
-    d = F.normalize(doc_emb.float(), dim=-1)
-    k = min(k, d.shape[0])
+    n_q, n_docs = q.shape[0], doc_emb.shape[0]
+    k = min(k, n_docs)
     id_rank = _descending_id_rank(doc_ids) if doc_ids is not None else None
-    if id_rank is not None and len(id_rank) != d.shape[0]:
-        raise ValueError(f"top_k: {len(id_rank)} doc_ids for {d.shape[0]} document embeddings")
-    chunk_size = max(1, min(chunk_size, SCORE_BLOCK_ELEMENTS // max(1, d.shape[0])))
-    # with ids, one score more than k tells whether a tie group straddles the cut (see _trec_top_k)
-    extra = 1 if id_rank is not None and 0 < k < d.shape[0] else 0
-    scores, idx = [], []
-    for s in range(0, q.shape[0], chunk_size):
-        sim = q[s : s + chunk_size] @ d.T
-        v, i = sim.topk(k + extra, dim=1)
-        if id_rank is not None and k > 0:
-            v, i = _trec_top_k(sim, v, i, k, id_rank)
-        scores.append(v)
-        idx.append(i)
-        del sim, v, i  # else the previous block is still alive while the next product is computed: 2 blocks
-    return torch.cat(scores), torch.cat(idx)
+    if id_rank is not None and len(id_rank) != n_docs:
+        raise ValueError(f"top_k: {len(id_rank)} doc_ids for {n_docs} document embeddings")
+    if k <= 0 or n_q == 0:
+        return torch.empty((n_q, max(k, 0))), torch.empty((n_q, max(k, 0)), dtype=torch.long)
+    # with ids, one score more than k tells whether a tie group straddles the cut (see _trec_order_rows)
+    kk = k + (1 if id_rank is not None and k < n_docs else 0)
+    chunk = max(1, min(chunk_size, n_q, max(QUERY_CHUNK_MIN, SCORE_BLOCK_ELEMENTS // n_docs)))
+    block = max(kk, SCORE_BLOCK_ELEMENTS // chunk)
+    best_v = torch.empty((n_q, kk))
+    best_i = torch.empty((n_q, kk), dtype=torch.long)
+    for lo in range(0, n_docs, block):
+        d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1)
+        for s in range(0, n_q, chunk):
+            sim = q[s : s + chunk] @ d.T
+            v, i = sim.topk(min(kk, sim.shape[1]), dim=1)
+            del sim  # else this tile is still alive while the next product is computed: 2 tiles
+            if lo == 0:
+                best_v[s : s + chunk], best_i[s : s + chunk] = v, i
+                continue
+            cv, ci = torch.cat([best_v[s : s + chunk], v], 1), torch.cat([best_i[s : s + chunk], i + lo], 1)
+            v, pick = cv.topk(kk, dim=1)
+            best_v[s : s + chunk], best_i[s : s + chunk] = v, ci.gather(1, pick)
+    if id_rank is None:
+        return best_v, best_i
+    return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunk, block)
 
 
-def _trec_top_k(
-    sim: torch.Tensor, v: torch.Tensor, i: torch.Tensor, k: int, id_rank: np.ndarray
+def _trec_order_rows(
+    q: torch.Tensor,
+    doc_emb: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    k: int,
+    id_rank: np.ndarray,
+    chunk: int,
+    block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-select torch.topk's (v, i) by trec_eval's rule: ties at the cut, then order within the k.
+    """Re-select the running top (v, i) by trec_eval's rule: ties at the cut, then order within the k.
 
-    sim: (chunk, n_docs) scores; v, i: torch.topk of sim with k + 1 columns (k when k == n_docs); returns k columns.
-    A row is crowded when more than k documents reach its k-th score (the tie group straddles the cut). That can
-    only happen where the (k+1)-th largest score equals the k-th, so only those rows are counted over the corpus:
-    no (chunk x n_docs) temporary (before: a bool mask of every row summed as int64, twice the score block's
-    memory and about half the CPU time of the whole top-k).
+    q: (n_queries, dim) normalised; v, i: (n_queries, k + 1) the largest scores of each row (k when k == n_docs);
+    returns k columns. A row is crowded when more than k documents reach its k-th score (a tie group straddles the
+    cut). That can only happen where the (k+1)-th largest score equals the k-th, so only the query chunks holding
+    such rows are scored again, tile by tile with the same shapes as the first pass (the same float32 bits), to
+    collect every document reaching the k-th score; no (chunk x n_docs) temporary.
     """
-    v_np, i_np = v[:, :k].cpu().numpy().copy(), i[:, :k].cpu().numpy().copy()
-    maybe = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
-    for r in maybe:
-        row = sim[r].cpu()
-        cand = torch.nonzero(row >= v[r, k - 1].cpu()).flatten().numpy()
-        if len(cand) <= k:  # no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
-            continue
-        cand_scores = row[cand].numpy()
-        keep = np.lexsort((id_rank[cand], -cand_scores))[:k]
-        v_np[r], i_np[r] = cand_scores[keep], cand[keep]
+    v_np, i_np = v[:, :k].numpy().copy(), i[:, :k].numpy().copy()
+    crowded = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
+    if crowded:
+        rows_of: dict[int, list[int]] = {}
+        for r in crowded:
+            rows_of.setdefault(r - r % chunk, []).append(r)
+        cand_i: dict[int, list[np.ndarray]] = {r: [] for r in crowded}
+        cand_v: dict[int, list[np.ndarray]] = {r: [] for r in crowded}
+        for lo in range(0, doc_emb.shape[0], block):
+            d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1)
+            for s, rows in rows_of.items():
+                sim = q[s : s + chunk] @ d.T
+                for r in rows:
+                    hit = torch.nonzero(sim[r - s] >= v[r, k - 1]).flatten()
+                    cand_i[r].append((hit + lo).numpy())
+                    cand_v[r].append(sim[r - s, hit].numpy())
+                del sim
+        for r in crowded:
+            c_idx, c_score = np.concatenate(cand_i[r]), np.concatenate(cand_v[r])
+            if len(c_idx) <= k:  # no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
+                continue
+            keep = np.lexsort((id_rank[c_idx], -c_score))[:k]
+            v_np[r], i_np[r] = c_score[keep], c_idx[keep]
     order = np.lexsort((id_rank[i_np], -v_np), axis=-1)  # score descending, then id descending
     return torch.from_numpy(np.take_along_axis(v_np, order, 1)), torch.from_numpy(np.take_along_axis(i_np, order, 1))
 
