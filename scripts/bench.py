@@ -2,7 +2,7 @@
 
     python scripts/bench.py                  # full run (~25 min on 2 quiet cores), writes docs/benchmarks.md
     python scripts/bench.py --quick          # tiny settings, a smoke test (~2-3 min), writes outputs/bench_quick.md
-    python scripts/bench.py --only train     # rerun one part (train | mfu | eval); other rows are kept
+    python scripts/bench.py --only train     # rerun parts (train mfu eval mining gradcache); other rows are kept
     python scripts/bench.py --quality        # fp32 vs bf16 fine-tuning quality on SciFact (slow)
 
 Training: embedexp's own training path (EmbeddingModule + lightning.Trainer, built by `embedexp.train._fit` from
@@ -33,6 +33,16 @@ seeded sample of the rest) with embedexp's Evaluator against mteb.evaluate(Sente
 mteb's own SciFact task definition reading the same local data (or, without mteb, sentence-transformers'
 InformationRetrievalEvaluator); same model, batch size and max length, fp32. The two nDCG@10 must agree within
 1e-3. The repeated base evaluation (served from embedexp's cache) is timed too.
+
+Mining and GradCache: `scripts/bench_mining.py --tokenization guide --top-k 50` and `scripts/bench_gradcache.py
+--batches 32 256 --max-len 32 --steps 3` run as subprocesses (their own docs/benchmarks_mining.md and
+benchmarks_gradcache.md are left alone unless --script-docs); their numbers come back as JSON and become sections
+of this one report.
+
+Precision knows the hardware (embedexp/trainer/precision.py): on a CPU without native bf16 (no avx512_bf16 /
+amx_bf16) bf16 is emulated, 10-20x slower, and `trainer=cpu_bf16` falls back to fp32, so the bf16 rows are skipped
+by default and `--precisions bf16` (or --quality) is refused unless --allow-slow-bf16. Every table row carries the
+CPU summary of the machine that measured it; rows kept by --only from another machine are marked as such.
 """
 
 from __future__ import annotations
@@ -57,7 +67,8 @@ from _rss import own_peak_mib  # noqa: E402  (VmHWM: not the parent's peak, as r
 
 DEFAULT_DATA = os.environ.get("EMBEDEXP_DATA", str(ROOT.parent / "shared" / "data"))
 RESULTS_MARK = "bench.py results"
-PARTS = ("train", "mfu", "eval")
+PARTS = ("train", "mfu", "eval", "mining", "gradcache")
+MACHINE_KEYS = ("cpu", "cores", "cpu_capability")  # with the flags: two runs on one machine agree on these
 _USER_ENV = dict(os.environ)  # before any import sets defaults: each framework runs with its own
 
 
@@ -532,6 +543,7 @@ def quality(job: dict) -> dict:
             f"eval.batch_size={job['eval_batch']}",
             f"paths.output_dir={job['tmp']}/quality",
         ]
+        + list(job.get("overrides", []))
     )
     L.seed_everything(cfg.seed, workers=True)
     optim_kwargs, trainer_kwargs = split_trainer_cfg(cfg.trainer)
@@ -598,11 +610,11 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    cpu, flags = platform.processor() or platform.machine(), set()
+    from embedexp.trainer import precision
+
+    cpu, flags = platform.processor() or platform.machine(), precision.cpu_flags()
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"^model name\s*:\s*(.+)$", text, re.M).group(1).strip()
-        flags = set(re.search(r"^flags\s*:\s*(.+)$", text, re.M).group(1).split())
+        cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).strip()
     except (OSError, AttributeError):
         pass
     try:
@@ -619,6 +631,8 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": precision.native_bf16_flags(),
+        "cpu_summary": precision.cpu_summary(),
         "python": platform.python_version(),
         "transformers": transformers.__version__,
         "sentence_transformers": sentence_transformers.__version__,
@@ -644,6 +658,7 @@ def part_train(args, tmp: Path) -> dict:
             "lr": args.lr,
             "batches": args.batches,
             "precisions": args.precisions,
+            "allow_slow_bf16": args.allow_slow_bf16,
             "embedexp_overrides": args.embedexp_override,
         },
         "runs": {},
@@ -661,7 +676,7 @@ def part_train(args, tmp: Path) -> dict:
                     "steps": args.steps,
                     "lr": args.lr,
                     "tmp": str(tmp / f"{side}{precision}{batch}r{rep}"),
-                    "overrides": args.embedexp_override,
+                    "overrides": args.embedexp_override + slow_bf16_override(args, precision),
                 }
                 r = run_worker(f"train_{side}", job)
                 if r is not None:
@@ -706,10 +721,16 @@ def merge_train_runs(rs: list[dict], batch: int) -> dict:
     return out
 
 
+def slow_bf16_override(args, precision: str) -> list[str]:
+    """The Hydra override that keeps emulated bf16 in embedexp's bf16 runs when --allow-slow-bf16 asks for it."""
+    return ["trainer.allow_slow_bf16=true"] if precision == "bf16" and args.allow_slow_bf16 else []
+
+
 def part_mfu(args) -> dict:
-    rates = {p: matmul_rate(p) for p in ("fp32", "bf16")}
-    print(f"  matmul 2048x2048: fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s", flush=True)
-    return {"matmul_gflops": rates}
+    """Median torch.mm rate per precision in --precisions (bf16 only where it is measured at all)."""
+    rates = {p: matmul_rate(p) for p in ("fp32", "bf16") if p == "fp32" or p in args.precisions}
+    print("  matmul 2048x2048: " + ", ".join(f"{p} {r:.1f} GFLOP/s" for p, r in rates.items()), flush=True)
+    return {"matmul_gflops": rates, "allow_slow_bf16": args.allow_slow_bf16}
 
 
 def part_eval(args, tmp: Path) -> dict:
@@ -752,7 +773,15 @@ def part_quality(args, tmp: Path) -> dict:
         rows = rows[: args.train_rows]
     pairs = tmp / "quality_pairs.json"
     pairs.write_text(json.dumps(rows))
-    out = {"settings": {"rows": len(rows), "batch": 32, "max_len": args.train_max_len, "eval_docs": args.eval_docs}}
+    out = {
+        "settings": {
+            "rows": len(rows),
+            "batch": 32,
+            "max_len": args.train_max_len,
+            "eval_docs": args.eval_docs,
+            "allow_slow_bf16": args.allow_slow_bf16,
+        }
+    }
     for precision in ("fp32", "bf16"):
         job = {
             "pairs": str(pairs),
@@ -763,6 +792,7 @@ def part_quality(args, tmp: Path) -> dict:
             "eval_docs": args.eval_docs,
             "data_root": args.data_root,
             "tmp": str(tmp / f"quality{precision}"),
+            "overrides": slow_bf16_override(args, precision),
         }
         r = run_worker("quality", job)
         if r is not None:
@@ -775,10 +805,172 @@ def part_quality(args, tmp: Path) -> dict:
     return out
 
 
+def _script_env() -> dict:
+    env = dict(_USER_ENV)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    return env
+
+
+def run_script(argv: list[str], shown: list[str], json_path: Path) -> dict:
+    """Run `python <argv> --json json_path` from the repository root; its JSON, or {"failed": why} without it.
+
+    A script that exits non-zero after writing its JSON (bench_mining.py: top-k not identical) keeps its numbers;
+    `command` is the shown form of the call (without temporary paths)."""
+    command = " ".join(["python"] + shown)
+    print(f"  {command}", flush=True)
+    proc = subprocess.run([sys.executable, *argv, "--json", str(json_path)], env=_script_env(), cwd=str(ROOT))
+    if not json_path.is_file():
+        print(f"  {command} failed (exit {proc.returncode}), no results", file=sys.stderr, flush=True)
+        return {"failed": f"exit {proc.returncode}, no results", "command": command}
+    return {**json.loads(json_path.read_text()), "exit": proc.returncode, "command": command}
+
+
+def _script_out(args, tmp: Path, name: str) -> str:
+    """Where a sub-script writes its own markdown: docs/<name> only with --script-docs, else the temp dir."""
+    return str(ROOT / "docs" / name if args.script_docs else tmp / name)
+
+
+def part_mining(args, tmp: Path) -> dict:
+    """scripts/bench_mining.py (SciFact train, guide tokenisation, top-50): the guide's rank_bm25 vs the fast path."""
+    shown = [
+        "scripts/bench_mining.py",
+        "--tokenization",
+        "guide",
+        "--top-k",
+        "50",
+        "--repeats",
+        str(args.mining_repeats),
+    ]
+    argv = shown + [
+        "--data",
+        str(Path(args.data_root) / "scifact"),
+        "--out",
+        _script_out(args, tmp, "benchmarks_mining.md"),
+    ]
+    return run_script(argv, shown, tmp / "mining.json")
+
+
+def part_gradcache(args, tmp: Path) -> dict:
+    """scripts/bench_gradcache.py: plain vs embedexp GradCache vs ST CachedMNRL, step time and peak RSS per batch."""
+    shown = ["scripts/bench_gradcache.py", "--batches", *map(str, args.gc_batches)]
+    shown += ["--max-len", str(args.gc_max_len), "--steps", str(args.gc_steps)]
+    argv = shown + ["--data-root", args.data_root, "--out", _script_out(args, tmp, "benchmarks_gradcache.md")]
+    return run_script(argv, shown, tmp / "gradcache.json")
+
+
+# ---------------------------------------------------------------- machines and precision
+def has_native_bf16(machine: dict) -> bool:
+    """Whether a stored machine (machine_info()) lists AVX512_BF16 or AMX_BF16 among its flags."""
+    from embedexp.trainer.precision import NATIVE_BF16_FLAGS
+
+    return any(f in machine.get("flags", []) for f in NATIVE_BF16_FLAGS)
+
+
+def machine_summary(machine: dict) -> str:
+    """precision.cpu_summary()'s line for a stored machine, e.g. `AVX2, no native bf16` or `AVX512, avx512_bf16`.
+
+    Results stored before the summary was recorded get it rebuilt from their CPU capability and flags."""
+    if machine.get("cpu_summary"):
+        return machine["cpu_summary"]
+    from embedexp.trainer.precision import NATIVE_BF16_FLAGS
+
+    native = [f for f in NATIVE_BF16_FLAGS if f in machine.get("flags", [])]
+    return f"{machine.get('cpu_capability')}, " + ("+".join(native) if native else "no native bf16")
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Two stored machines are the same when CPU name, cores, torch's CPU capability and the listed flags agree."""
+    return all(a.get(k) == b.get(k) for k in MACHINE_KEYS) and sorted(a.get("flags", [])) == sorted(b.get("flags", []))
+
+
+def part_machine(res: dict, part: str) -> dict:
+    """The machine a part's rows were measured on (its run's record; results without one: the report's machine)."""
+    return ((res.get(part) or {}).get("run") or {}).get("machine") or res.get("machine", {})
+
+
+def cpu_cell(machine: dict, current: dict) -> str:
+    """The CPU column: the summary, plus the machine's name and date when it is not the machine of this run."""
+    summary = machine_summary(machine)
+    if same_machine(machine, current):
+        return summary
+    return f"{summary} (other machine: {machine.get('cpu')}, {machine.get('cores')} cores)"
+
+
+def shows_bf16(machine: dict, settings: dict) -> bool:
+    """bf16 rows are real bf16 only on native bf16, or where --allow-slow-bf16 kept emulated bf16; otherwise
+    embedexp's `trainer=cpu_bf16` fell back to fp32 and the rows would be mislabelled, so they are not shown."""
+    return has_native_bf16(machine) or bool(settings.get("allow_slow_bf16"))
+
+
+def bf16_skip_line(machine: dict, current: bool = True) -> str:
+    """The one line that says why a machine without native bf16 has no bf16 rows (`current`: this run's machine)."""
+    from embedexp.trainer.precision import NATIVE_BF16_FLAGS
+
+    who = "this CPU" if current else f"the CPU of the other machine ({machine.get('cpu')}, {machine.get('date')})"
+    return (
+        f"bf16 rows skipped: {who} has no native bf16 ({machine_summary(machine)}; no "
+        f"{'/'.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 matmuls are emulated (10-20x slower than fp32) "
+        f"and `trainer=cpu_bf16` falls back to fp32 {'here' if current else 'there'}; `--precisions fp32 bf16 --allow-slow-bf16` measures the "
+        "emulated path."
+    )
+
+
+def resolve_precisions(requested: list[str] | None, allow_slow_bf16: bool, quality: bool = False) -> list[str]:
+    """--precisions: by default fp32, plus bf16 where this CPU has native bf16 (precision.native_bf16_flags()).
+
+    Raises:
+        ConfigError: bf16 asked for (--precisions bf16 or --quality) on a CPU without native bf16 and no
+            --allow-slow-bf16: the numbers would be emulated bf16 (or fp32 after embedexp's fallback).
+    """
+    from embedexp.errors import ConfigError
+    from embedexp.trainer import precision
+
+    native = bool(precision.native_bf16_flags())
+    if (quality or "bf16" in (requested or [])) and not native and not allow_slow_bf16:
+        what = "--quality (fp32 vs bf16)" if quality else "--precisions bf16"
+        raise ConfigError(
+            f"{what}: this CPU has no native bf16 ({precision.cpu_summary()}; no "
+            f"{'/'.join(precision.NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 would be emulated (10-20x slower) "
+            "and trainer=cpu_bf16 falls back to fp32; expected fp32 only, or --allow-slow-bf16 to measure it anyway"
+        )
+    if requested is None:
+        return ["fp32", "bf16"] if native or allow_slow_bf16 else ["fp32"]
+    return list(requested)
+
+
+def adopt_machine(res: dict) -> dict:
+    """Results loaded from an earlier report: give every part without its own machine record the report's machine
+    (the one that ran it; reports from before per-part records had one machine for all parts). In place."""
+    for part in (*PARTS, "quality"):
+        run = (res.get(part) or {}).get("run")
+        if run is not None and "machine" not in run and res.get("machine"):
+            run["machine"] = dict(res["machine"])
+    return res
+
+
+def scale_doc_cpus(path: Path) -> list[str]:
+    """The distinct values of the last `CPU` column of the tables in a report (docs/benchmarks_scale.md)."""
+    if not path.is_file():
+        return []
+    cpus: list[str] = []
+    in_table = False
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+        if cells is None:
+            in_table = False
+        elif cells[-1] == "CPU":
+            in_table = True
+        elif in_table and not set(cells[-1]) <= set("-: ") and cells[-1] not in cpus:
+            cpus.append(cells[-1])
+    return cpus
+
+
 # ---------------------------------------------------------------- report
-NOTES = """Speed work behind these rows (measured with a profiler and A/B runs on the same shapes):
+NOTES = """Speed work behind the training and evaluation rows (measured with a profiler and A/B runs on the same shapes,
+on the AVX-512 BF16 AMD EPYC of the 2026-11-27 runs; the percentages are from that machine):
 - AdamW is fused (`torch.optim.AdamW(fused=True)`): the default per-tensor loop over MiniLM's 22.7M parameters
-  (11.7M of them the word embeddings) took ~9x longer than the fused kernel per optimiser step on this CPU;
+  (11.7M of them the word embeddings) took ~9x longer than the fused kernel per optimiser step on that CPU;
   sentence-transformers' trainer already defaults to `adamw_torch_fused`.
 - `trainer.deterministic=true` (the presets' default) no longer fills every new tensor with NaN
   (`torch.utils.deterministic.fill_uninitialized_memory=False`; kernels stay deterministic): the fill was ~11% of
@@ -814,169 +1006,319 @@ def _yn(r: dict | None) -> str:
     return "n/a" if not r or "malloc_tuning" not in r else ("on" if r["malloc_tuning"] else "off")
 
 
-SCALE_LINK = (
-    "BM25 backends (bm25s vs fast vs rank_bm25), inference precision (bf16 / int8 on an AVX2 CPU) and the scale "
-    "benchmark (10^4-10^6 documents): [benchmarks_scale.md](benchmarks_scale.md), from `scripts/bench_bm25.py` and "
-    "`scripts/bench_scale.py`, measured on a different machine (AVX2, no native bf16)."
-)
+def scale_link(cpus: list[str], current: dict) -> str:
+    """The paragraph that points to benchmarks_scale.md, saying from that file's CPU column whether its numbers come
+    from the same kind of machine as this run (same torch CPU capability and native bf16 flags) or another one."""
+    head = (
+        "BM25 backends (bm25s vs fast vs rank_bm25), inference precision (bf16 / int8) and the scale benchmark "
+        "(10^4-10^6 documents): [benchmarks_scale.md](benchmarks_scale.md), from `scripts/bench_bm25.py` and "
+        "`scripts/bench_scale.py`"
+    )
+    here = machine_summary(current)
+    # bench_scale.py writes "<n> cores, <cpu_summary()>", bench_bm25.py the summary alone
+    cpus = list(dict.fromkeys(re.sub(r"^\d+ cores, ", "", c) for c in cpus))
+    if not cpus:
+        return f"{head}; that file records no CPU column, so its machine is unknown here."
+    if cpus == [here]:
+        return f"{head}, measured on the same kind of CPU as this run ({here}, by that file's CPU column)."
+    return f"{head}, measured on a different machine ({'; '.join(cpus)}) than this run ({here})."
+
+
+def _cell_train(r: dict | None) -> str:
+    return f"{r['pairs_per_s']:.2f} pairs/s ({r['step_s']:.2f} s/step)" if r else "failed"
+
+
+def _train_rows(train: dict, precisions: list[str], cpu: str) -> list[str]:
+    s, lines = train["settings"], []
+    for precision in precisions:
+        for batch in s["batches"]:
+            e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
+            ratio = f"{e['pairs_per_s'] / p['pairs_per_s']:.2f}x" if e and p else "n/a"
+            peer = (
+                f"SentenceTransformerTrainer + MNRL (scale 20), {p['settings']['optim']}, "
+                f"bf16={p['settings']['bf16']}, same batches in the same order"
+                if p
+                else ""
+            )
+            lines.append(
+                f"| train {precision}, batch {batch}, max len {s['max_len']} | {_cell_train(e)} | {_cell_train(p)} | "
+                f"{ratio} | {peer} | {cpu} |"
+            )
+    if "bf16" in precisions and "fp32" in precisions:
+        for batch in s["batches"]:
+            e, p = train["runs"].get(f"embedexp/bf16/{batch}"), train["runs"].get(f"st/fp32/{batch}")
+            if e and p:
+                lines.append(
+                    f"| train embedexp bf16 vs peer fp32, batch {batch} | {e['pairs_per_s']:.2f} pairs/s | "
+                    f"{p['pairs_per_s']:.2f} pairs/s | {e['pairs_per_s'] / p['pairs_per_s']:.2f}x | peer at fp32 | {cpu} |"
+                )
+    return lines
+
+
+def _mfu_rows(train: dict, precisions: list[str], rates: dict, cpu: str) -> list[str]:
+    lines = []
+    for precision in precisions:
+        rate = rates.get(precision)
+        for batch in train["settings"]["batches"]:
+            e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
+            if not rate:
+                lines.append(
+                    f"| MFU {precision}, batch {batch} | n/a | n/a | | no {precision} matmul rate measured | {cpu} |"
+                )
+                continue
+            cell = lambda r: (
+                f"{100 * r['achieved_gflops'] / rate:.0f}% ({r['achieved_gflops']:.1f} GFLOP/s)" if r else "n/a"
+            )  # noqa: E731
+            ratio = f"{e['achieved_gflops'] / p['achieved_gflops']:.2f}x" if e and p else "n/a"
+            lines.append(
+                f"| MFU {precision}, batch {batch} ({e['gflop_per_step'] if e else 0:.0f} GFLOP/step) | {cell(e)} | "
+                f"{cell(p)} | {ratio} | of the measured {precision} matmul rate {rate:.1f} GFLOP/s | {cpu} |"
+            )
+    return lines
+
+
+def _eval_rows(ev: dict, cpu: str) -> list[str]:
+    e, p, s, lines = ev.get("eval_embedexp"), ev.get("eval_peer"), ev["settings"], []
+    what = f"SciFact test ({e['docs'] if e else '?'} docs, {e['queries'] if e else '?'} queries), batch {s['batch']}, max len {s['max_len']}"
+    if e and p:
+        agree = abs(e["ndcg_at_10"] - p["ndcg_at_10"])
+        runs = lambda r: "/".join(f"{x:.1f}" for x in r.get("repeat_seconds", [r["seconds"]]))  # noqa: E731
+        lines.append(
+            f"| eval {what} | {e['seconds']:.1f} s | {p['seconds']:.1f} s | {p['seconds'] / e['seconds']:.2f}x | "
+            f"{p['peer']}; nDCG@10 {e['ndcg_at_10']:.5f} vs {p['ndcg_at_10']:.5f} (abs diff {agree:.1e}, "
+            f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3); median of fresh runs, alternating "
+            f"order: embedexp {runs(e)} s, peer {runs(p)} s; peak RSS {e.get('peak_rss_mb', 0):.0f} vs "
+            f"{p.get('peak_rss_mb', 0):.0f} MB; malloc tuning {_yn(e)} / {_yn(p)} | {cpu} |"
+        )
+    elif e or p:
+        sec = lambda r: f"{r['seconds']:.1f} s" if r else "failed"  # noqa: E731
+        lines.append(f"| eval {what} | {sec(e)} | {sec(p)} | n/a | one side failed | {cpu} |")
+    if e:
+        lines.append(
+            f"| eval again, cached base results | {e['cached_seconds']:.3f} s | | | embedexp's eval cache "
+            f"(model fingerprint + data + metric settings; target < 1 s) | {cpu} |"
+        )
+    return lines
+
+
+def _sanity_section(train: dict, precisions: list[str], cpu: str) -> list[str]:
+    s = train["settings"]
+    lines = [
+        "Training sanity, on the same batches: the loss of the first batch with dropout off (fp32), before and "
+        "after the run (the two frameworks' 'before' must match: same model, data and loss), and the training "
+        "loss of the first and last step (dropout on, so the two sides differ by dropout noise). CPU share = "
+        "process CPU time / wall time / torch threads over the timed steps: well below 1 means another "
+        "process took the cores and the row's timing is not trustworthy (OpenMP threads spin while they wait, "
+        "so a high share does not prove a quiet machine).",
+        "",
+        "| run | embedexp probe before -> after | peer probe before -> after | before: abs diff | "
+        "embedexp step loss first -> last | peer step loss first -> last | Linear output dtype (embedexp / peer) | "
+        "CPU share (embedexp / peer) | s/step per fresh run (embedexp / peer) | peak RSS MB (embedexp / peer) | "
+        "malloc tuning (embedexp / peer) | CPU |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({k.split("/", 1)[1] for k in train["runs"]})
+    for key in (k for k in keys if k.split("/")[0] in precisions):
+        e, p = train["runs"].get(f"embedexp/{key}"), train["runs"].get(f"st/{key}")
+        pr = lambda r: (  # noqa: E731
+            f"{r['probe'][0]:.5f} -> {r['probe'][1]:.5f} ({'down' if r['probe'][1] < r['probe'][0] else 'NOT down'})"
+            if r
+            else "n/a"
+        )
+        st = lambda r: f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}" if r else "n/a"  # noqa: E731
+        diff = f"{abs(e['probe'][0] - p['probe'][0]):.1e}" if e and p else "n/a"
+        dtypes = " / ".join(",".join(r.get("matmul_dtype", [])).replace("torch.", "") if r else "n/a" for r in (e, p))
+        share = " / ".join(f"{r['cpu_share']:.2f}" if r and "cpu_share" in r else "n/a" for r in (e, p))
+        reps = " / ".join(
+            ",".join(f"{x:.2f}" for x in r.get("repeat_step_s", [r["step_s"]])) if r else "n/a" for r in (e, p)
+        )
+        rss = " / ".join(f"{r.get('peak_rss_mb', 0):.0f}" if r else "n/a" for r in (e, p))
+        lines.append(
+            f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dtypes} | {share} | "
+            f"{reps} | {rss} | {_yn(e)} / {_yn(p)} | {cpu} |"
+        )
+    precision_text = "`trainer=cpu` (fp32)" + (
+        " / `trainer=cpu_bf16` (bf16 autocast"
+        + (", `trainer.allow_slow_bf16=true`: emulated bf16)" if s.get("allow_slow_bf16") else ")")
+        if "bf16" in precisions
+        else ""
+    )
+    lines += [
+        "",
+        f"Training settings: {s['source']}, max length {s['max_len']}, {s['warmup']} warm-up step(s) then "
+        f"{s['steps']} timed steps per fresh run, {s.get('repeats', 1)} run(s) per side alternating which side "
+        f"goes first; the median of all timed steps), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
+        f"embedexp: {precision_text}, `loss=infonce`, `model=minilm`"
+        + (f", overrides {' '.join(s['embedexp_overrides'])}" if s.get("embedexp_overrides") else "")
+        + ".",
+    ]
+    return lines
+
+
+def _quality_section(q: dict, machine: dict, current: dict) -> list[str]:
+    lines = ["", "## bf16 fine-tuning quality", ""]
+    if not shows_bf16(machine, q.get("settings", {})):
+        return lines + [bf16_skip_line(machine)]
+    cpu = cpu_cell(machine, current)
+    d = q["bf16"]["ndcg_at_10"] - q["fp32"]["ndcg_at_10"]
+    return lines + [
+        f"{q['settings']['rows']} SciFact train pairs, 1 epoch, batch 32, max length {q['settings']['max_len']}; "
+        f"SciFact test ({q['settings']['eval_docs'] or 'all'} docs) evaluated in fp32.",
+        "",
+        "| trainer | steps | train s | nDCG@10 | CPU |",
+        "|---|---:|---:|---:|---|",
+        f"| cpu (fp32) | {q['fp32']['steps']} | {q['fp32']['train_seconds']:.1f} | {q['fp32']['ndcg_at_10']:.4f} | {cpu} |",
+        f"| cpu_bf16 | {q['bf16']['steps']} | {q['bf16']['train_seconds']:.1f} | {q['bf16']['ndcg_at_10']:.4f} | {cpu} |",
+        "",
+        f"bf16 - fp32 = {d:+.4f} nDCG@10 ({'within' if abs(d) <= 0.005 else 'OUTSIDE'} 0.005).",
+    ]
+
+
+def _mining_section(mi: dict, cpu: str) -> list[str]:
+    lines = ["", "## BM25 hard-negative mining", ""]
+    if "failed" in mi:
+        return lines + [f"`{mi['command']}` failed ({mi['failed']}): no rows. | CPU: {cpu}"]
+    n, ref, fast, back = mi["queries"], mi["reference_s"], mi["fast_s"], mi["backend_reference_s"]
+    same = lambda ok: "yes" if ok else "NO"  # noqa: E731
+    return lines + [
+        f"SciFact {mi['split']}: {n} queries x {mi['docs']:,} documents, top-{mi['top_k']}, tokenisation "
+        f"`{mi['tokenization']}`, numpy {mi.get('numpy')}. Each row times the whole ranking step of `miner=bm25` in "
+        "one process (tokenise queries and documents, build the index, score every query against every document, "
+        "the top-k and the positives' scores); identical = the same ids in the same order with bit-identical scores.",
+        "",
+        "| path | seconds | queries/s | speed-up | identical top-k | CPU |",
+        "|---|---:|---:|---:|---|---|",
+        f"| reference (guide: rank_bm25 get_scores + sorted) | {ref:.2f} | {n / ref:,.0f} | 1.0x | (baseline) | {cpu} |",
+        f"| fast (embedexp posting matrix, `miner.backend=fast`, default; median of {mi['repeats']}) | {fast:.3f} | "
+        f"{n / fast:,.0f} | {ref / fast:.0f}x | {same(mi['identical'])} | {cpu} |",
+        f"| `miner.backend=reference` (get_scores + stable np.argsort) | {back:.2f} | {n / back:,.0f} | "
+        f"{ref / back:.1f}x | {same(mi['backend_identical'])} | {cpu} |",
+    ]
+
+
+GC_METHODS = ("plain", "embedexp_cached", "st_cached")
+
+
+def _gradcache_section(gc: dict, cpu: str) -> list[str]:
+    lines = ["", "## GradCache", ""]
+    if "failed" in gc:
+        return lines + [f"`{gc['command']}` failed ({gc['failed']}): no rows. | CPU: {cpu}"]
+    s = gc["settings"]
+    cells = {(r["method"], r["batch"]): r for r in gc["rows"]}
+    lines += [
+        f"all-MiniLM-L6-v2, max length {s['max_len']}, chunk {s['chunk']}, fp32, InfoNCE (scale 20), dropout on; "
+        f"median of {s['steps']} step(s) after 1 warm-up; each cell in its own subprocess, so peak RSS (VmHWM) is "
+        "that run's own (it includes the ~0.9 GB Python/torch/transformers baseline). Ratio = s/step / plain s/step.",
+        "",
+        "| batch | plain s/step | embedexp GradCache s/step | ratio | ST CachedMNRL s/step | ratio | plain peak RSS MB | "
+        "embedexp cached peak RSS MB | ST cached peak RSS MB | CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for b in s["batches"]:
+        p, c, st = (cells.get((m, b)) for m in GC_METHODS)
+        step = lambda r: f"{r['step_s']:.2f}" if r else "failed"  # noqa: E731
+        ratio = lambda r: f"{r['step_s'] / p['step_s']:.2f}x" if r and p else "n/a"  # noqa: E731
+        mem = lambda r: f"{r['peak_rss_mb']:.0f}" if r else "n/a"  # noqa: E731
+        lines.append(
+            f"| {b} | {step(p)} | {step(c)} | {ratio(c)} | {step(st)} | {ratio(st)} | {mem(p)} | {mem(c)} | {mem(st)} | {cpu} |"
+        )
+    return lines
 
 
 def render(res: dict) -> str:
+    """The whole of docs/benchmarks.md from the results dict (machine, train, mfu, eval, mining, gradcache,
+    quality, linked): every table row ends with the CPU summary of the machine that measured it; rows from another
+    machine than `res["machine"]` (kept by --only) say so; bf16 rows measured without native bf16 (and without
+    --allow-slow-bf16) are left out with one line saying why."""
     m = res.get("machine", {})
     lines = [
         "# Benchmarks: embedexp vs sentence-transformers / mteb",
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores (flags: {', '.join(m.get('flags', [])) or 'none'}; "
-        f"torch CPU capability {m.get('cpu_capability')}), torch {m.get('torch')} with {m.get('torch_threads')} threads, "
-        f"Python {m.get('python')}, transformers {m.get('transformers')}, sentence-transformers "
-        f"{m.get('sentence_transformers')}, lightning {m.get('lightning')}, mteb {m.get('mteb')}.",
+        f"torch CPU capability {m.get('cpu_capability')}; {machine_summary(m)}), torch {m.get('torch')} with "
+        f"{m.get('torch_threads')} threads, Python {m.get('python')}, transformers {m.get('transformers')}, "
+        f"sentence-transformers {m.get('sentence_transformers')}, lightning {m.get('lightning')}, mteb {m.get('mteb')}.",
+    ]
+    others = []
+    for part in (*PARTS, "quality"):
+        pm = part_machine(res, part)
+        if part in res and not same_machine(pm, m):
+            others.append(f"{part} ({pm.get('cpu')}, {pm.get('cores')} cores, flags {', '.join(pm.get('flags', []))})")
+    if others:
+        lines += [
+            "",
+            "Not from this machine: rows kept by `--only` from earlier runs on other machines, marked "
+            f"'other machine' in their CPU column: {'; '.join(others)}.",
+        ]
+    train, mfu, ev = res.get("train"), res.get("mfu"), res.get("eval")
+    t_machine, f_machine = part_machine(res, "train"), part_machine(res, "mfu")
+    t_cpu = cpu_cell(t_machine, m)
+    t_show = bool(train) and shows_bf16(t_machine, train["settings"])
+    t_prec = [p for p in (train or {}).get("settings", {}).get("precisions", []) if p != "bf16" or t_show]
+    f_show = bool(mfu) and shows_bf16(f_machine, mfu)
+    hidden = [mach for mach, part, show in ((t_machine, train, t_show), (f_machine, mfu, f_show)) if part and not show]
+    if hidden:
+        lines += ["", bf16_skip_line(hidden[0], current=same_machine(hidden[0], m))]
+    lines += [
         "",
         "Ratio: embedexp speed / peer speed (pairs/s over pairs/s, or peer seconds over embedexp seconds); "
         "above 1.00x embedexp is faster.",
         "",
-        "| task | embedexp | peer | ratio | peer settings |",
-        "|---|---:|---:|---:|---|",
+        "| task | embedexp | peer | ratio | peer settings | CPU |",
+        "|---|---:|---:|---:|---|---|",
     ]
-    train, mfu, ev = res.get("train"), res.get("mfu"), res.get("eval")
-    rates = (mfu or {}).get("matmul_gflops", {})
+    rates = {p: r for p, r in (mfu or {}).get("matmul_gflops", {}).items() if p != "bf16" or f_show}
     if train:
-        s = train["settings"]
-        for precision in s["precisions"]:
-            for batch in s["batches"]:
-                e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
-                cell = lambda r: f"{r['pairs_per_s']:.2f} pairs/s ({r['step_s']:.2f} s/step)" if r else "failed"  # noqa: E731
-                ratio = f"{e['pairs_per_s'] / p['pairs_per_s']:.2f}x" if e and p else "n/a"
-                peer = (
-                    f"SentenceTransformerTrainer + MNRL (scale 20), {p['settings']['optim']}, "
-                    f"bf16={p['settings']['bf16']}, same batches in the same order"
-                    if p
-                    else ""
-                )
-                lines.append(
-                    f"| train {precision}, batch {batch}, max len {s['max_len']} | {cell(e)} | {cell(p)} | {ratio} | {peer} |"
-                )
-        if "bf16" in s["precisions"] and "fp32" in s["precisions"]:
-            for batch in s["batches"]:
-                e, p = train["runs"].get(f"embedexp/bf16/{batch}"), train["runs"].get(f"st/fp32/{batch}")
-                if e and p:
-                    lines.append(
-                        f"| train embedexp bf16 vs peer fp32, batch {batch} | {e['pairs_per_s']:.2f} pairs/s | "
-                        f"{p['pairs_per_s']:.2f} pairs/s | {e['pairs_per_s'] / p['pairs_per_s']:.2f}x | peer at fp32 |"
-                    )
-        if rates:
-            for precision in s["precisions"]:
-                for batch in s["batches"]:
-                    e, p = (train["runs"].get(f"{side}/{precision}/{batch}") for side in ("embedexp", "st"))
-                    rate = rates.get(precision)
-                    cell = lambda r: (
-                        f"{100 * r['achieved_gflops'] / rate:.0f}% ({r['achieved_gflops']:.1f} GFLOP/s)" if r else "n/a"
-                    )  # noqa: E731
-                    ratio = f"{e['achieved_gflops'] / p['achieved_gflops']:.2f}x" if e and p else "n/a"
-                    lines.append(
-                        f"| MFU {precision}, batch {batch} ({e['gflop_per_step'] if e else 0:.0f} GFLOP/step) | {cell(e)} | "
-                        f"{cell(p)} | {ratio} | of the measured {precision} matmul rate {rate:.1f} GFLOP/s |"
-                    )
+        lines += _train_rows(train, t_prec, t_cpu)
+        if rates and same_machine(t_machine, f_machine):
+            lines += _mfu_rows(train, t_prec, rates, t_cpu)
+        elif rates:
+            lines.append(
+                "| MFU | n/a | n/a | | the training rows and the matmul rate come from different machines; "
+                f"rerun `--only mfu train` | {t_cpu} |"
+            )
     if rates:
+        f_cpu = cpu_cell(f_machine, m)
+        bf16 = f"bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else "bf16 not measured"
+        ratio = f"; bf16/fp32 = {rates['bf16'] / rates['fp32']:.2f}x" if "bf16" in rates else ""
         lines.append(
-            f"| matmul rate, torch.mm 2048x2048 (median of 10) | fp32 {rates['fp32']:.1f} GFLOP/s | "
-            f"bf16 {rates['bf16']:.1f} GFLOP/s | | measured in this run; bf16/fp32 = {rates['bf16'] / rates['fp32']:.2f}x |"
+            f"| matmul rate, torch.mm 2048x2048 (median of 10) | fp32 {rates['fp32']:.1f} GFLOP/s | {bf16} | | "
+            f"measured in the mfu run{ratio} | {f_cpu} |"
         )
     if ev:
-        e, p, s = ev.get("eval_embedexp"), ev.get("eval_peer"), ev["settings"]
-        what = f"SciFact test ({e['docs'] if e else '?'} docs, {e['queries'] if e else '?'} queries), batch {s['batch']}, max len {s['max_len']}"
-        if e and p:
-            agree = abs(e["ndcg_at_10"] - p["ndcg_at_10"])
-            runs = lambda r: "/".join(f"{x:.1f}" for x in r.get("repeat_seconds", [r["seconds"]]))  # noqa: E731
-            lines.append(
-                f"| eval {what} | {e['seconds']:.1f} s | {p['seconds']:.1f} s | {p['seconds'] / e['seconds']:.2f}x | "
-                f"{p['peer']}; nDCG@10 {e['ndcg_at_10']:.5f} vs {p['ndcg_at_10']:.5f} (|diff| {agree:.1e}, "
-                f"{'agree' if agree <= 1e-3 else 'DISAGREE'} within 1e-3); median of fresh runs, alternating "
-                f"order: embedexp {runs(e)} s, peer {runs(p)} s; peak RSS {e.get('peak_rss_mb', 0):.0f} vs "
-                f"{p.get('peak_rss_mb', 0):.0f} MB; malloc tuning {_yn(e)} / {_yn(p)} |"
-            )
-        if e:
-            lines.append(
-                f"| eval again, cached base results | {e['cached_seconds']:.3f} s | | | embedexp's eval cache "
-                f"(model fingerprint + data + metric settings; target < 1 s) |"
-            )
+        lines += _eval_rows(ev, cpu_cell(part_machine(res, "eval"), m))
     lines.append("")
     if train:
-        s = train["settings"]
-        lines += [
-            "Training sanity, on the same batches: the loss of the first batch with dropout off (fp32), before and "
-            "after the run (the two frameworks' 'before' must match: same model, data and loss), and the training "
-            "loss of the first and last step (dropout on, so the two sides differ by dropout noise). CPU share = "
-            "process CPU time / wall time / torch threads over the timed steps: well below 1 means another "
-            "process took the cores and the row's timing is not trustworthy (OpenMP threads spin while they wait, "
-            "so a high share does not prove a quiet machine).",
-            "",
-            "| run | embedexp probe before -> after | peer probe before -> after | before: abs diff | "
-            "embedexp step loss first -> last | peer step loss first -> last | Linear output dtype (embedexp / peer) | "
-            "CPU share (embedexp / peer) | s/step per fresh run (embedexp / peer) | peak RSS MB (embedexp / peer) | "
-            "malloc tuning (embedexp / peer) |",
-            "|---|---|---|---:|---|---|---|---|---|---|---|",
-        ]
-        for key in sorted({k.split("/", 1)[1] for k in train["runs"]}):
-            e, p = train["runs"].get(f"embedexp/{key}"), train["runs"].get(f"st/{key}")
-            pr = lambda r: (
-                f"{r['probe'][0]:.5f} -> {r['probe'][1]:.5f} ({'down' if r['probe'][1] < r['probe'][0] else 'NOT down'})"  # noqa: E731
-                if r
-                else "n/a"
-            )
-            st = lambda r: f"{r['losses'][0]:.4f} -> {r['losses'][-1]:.4f}" if r else "n/a"  # noqa: E731
-            diff = f"{abs(e['probe'][0] - p['probe'][0]):.1e}" if e and p else "n/a"
-            dt = " / ".join(",".join(r.get("matmul_dtype", [])).replace("torch.", "") if r else "n/a" for r in (e, p))
-            share = " / ".join(f"{r['cpu_share']:.2f}" if r and "cpu_share" in r else "n/a" for r in (e, p))
-            reps = " / ".join(
-                ",".join(f"{x:.2f}" for x in r.get("repeat_step_s", [r["step_s"]])) if r else "n/a" for r in (e, p)
-            )
-            rss = " / ".join(f"{r.get('peak_rss_mb', 0):.0f}" if r else "n/a" for r in (e, p))
-            lines.append(
-                f"| {key.replace('/', ', batch ')} | {pr(e)} | {pr(p)} | {diff} | {st(e)} | {st(p)} | {dt} | {share} | "
-                f"{reps} | {rss} | {_yn(e)} / {_yn(p)} |"
-            )
-        lines += [
-            "",
-            f"Training settings: {s['source']}, max length {s['max_len']}, {s['warmup']} warm-up step(s) then "
-            f"{s['steps']} timed steps per fresh run, {s.get('repeats', 1)} run(s) per side alternating which side "
-            f"goes first; the median of all timed steps), lr {s['lr']} (AdamW, no warm-up, linear decay over the run), "
-            "embedexp: `trainer=cpu` (fp32) / `trainer=cpu_bf16` (bf16 autocast), `loss=infonce`, `model=minilm`"
-            + (f", overrides {' '.join(s['embedexp_overrides'])}" if s.get("embedexp_overrides") else "")
-            + ".",
-        ]
+        lines += _sanity_section(train, t_prec, t_cpu)
     q = res.get("quality")
     if q and "fp32" in q and "bf16" in q:
-        d = q["bf16"]["ndcg_at_10"] - q["fp32"]["ndcg_at_10"]
-        lines += [
-            "",
-            "## bf16 fine-tuning quality",
-            "",
-            f"{q['settings']['rows']} SciFact train pairs, 1 epoch, batch 32, max length {q['settings']['max_len']}; "
-            f"SciFact test ({q['settings']['eval_docs'] or 'all'} docs) evaluated in fp32.",
-            "",
-            "| trainer | steps | train s | nDCG@10 |",
-            "|---|---:|---:|---:|",
-            f"| cpu (fp32) | {q['fp32']['steps']} | {q['fp32']['train_seconds']:.1f} | {q['fp32']['ndcg_at_10']:.4f} |",
-            f"| cpu_bf16 | {q['bf16']['steps']} | {q['bf16']['train_seconds']:.1f} | {q['bf16']['ndcg_at_10']:.4f} |",
-            "",
-            f"bf16 - fp32 = {d:+.4f} nDCG@10 ({'within' if abs(d) <= 0.005 else 'OUTSIDE'} 0.005).",
-        ]
+        lines += _quality_section(q, part_machine(res, "quality"), m)
+    if res.get("mining"):
+        lines += _mining_section(res["mining"], cpu_cell(part_machine(res, "mining"), m))
+    if res.get("gradcache"):
+        lines += _gradcache_section(res["gradcache"], cpu_cell(part_machine(res, "gradcache"), m))
     lines += [
         "",
         NOTES,
         "",
-        "Mining and GradCache have their own scripts and tables: [benchmarks_mining.md](benchmarks_mining.md), "
-        "[benchmarks_gradcache.md](benchmarks_gradcache.md).",
+        "The mining and GradCache sections come from `scripts/bench_mining.py` and `scripts/bench_gradcache.py`, run "
+        "by this script (`--only mining gradcache`); run on their own (or with `--script-docs`) they also write "
+        "[benchmarks_mining.md](benchmarks_mining.md) and [benchmarks_gradcache.md](benchmarks_gradcache.md), "
+        "whose dates may differ from these rows.",
         "",
-        SCALE_LINK,
+        scale_link((res.get("linked") or {}).get("scale_cpus", []), m),
         "",
-        "Runs (one line per part; `--only` reruns a part):",
+        "Runs (one line per part, with the machine; `--only` reruns a part):",
         "",
     ]
-    for part in ("mfu", "train", "eval", "quality"):
+    for part in ("mfu", "train", "eval", "mining", "gradcache", "quality"):
         r = (res.get(part) or {}).get("run")
         if r:
-            lines.append(f"- {part}: `{r['command']}` ({r['date']}, 1-min load average {r['load_avg']:.2f})")
+            load = f"1-min load average {r['load_avg']:.2f}" if r.get("load_avg") is not None else "load unknown"
+            sub = f", which ran `{res[part]['command']}`" if res[part].get("command") else ""
+            lines.append(
+                f"- {part}: `{r['command']}`{sub} ({r['date']}, {load}; CPU {cpu_cell(part_machine(res, part), m)})"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -996,7 +1338,18 @@ def main() -> None:
         "--quality", action="store_true", help="fp32 vs bf16 fine-tuning quality instead of the speed parts"
     )
     ap.add_argument("--batches", type=int, nargs="+", default=[32, 128])
-    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="default: fp32, plus bf16 where the CPU has native bf16 (avx512_bf16 / amx_bf16)",
+    )
+    ap.add_argument(
+        "--allow-slow-bf16",
+        action="store_true",
+        help="measure bf16 on a CPU without native bf16 (emulated, 10-20x slower; trainer.allow_slow_bf16=true)",
+    )
     ap.add_argument("--train-max-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
@@ -1020,6 +1373,15 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="extra Hydra override for embedexp's training runs (e.g. trainer.deterministic=false)",
     )
+    ap.add_argument("--mining-repeats", type=int, default=5, help="fast-path runs in bench_mining.py (--quick: 1)")
+    ap.add_argument("--gc-batches", type=int, nargs="+", default=[32, 256], help="bench_gradcache.py --batches")
+    ap.add_argument("--gc-max-len", type=int, default=32, help="bench_gradcache.py --max-len")
+    ap.add_argument("--gc-steps", type=int, default=3, help="bench_gradcache.py --steps")
+    ap.add_argument(
+        "--script-docs",
+        action="store_true",
+        help="let bench_mining.py / bench_gradcache.py also rewrite docs/benchmarks_mining.md / benchmarks_gradcache.md",
+    )
     ap.add_argument("--data-root", default=DEFAULT_DATA)
     ap.add_argument("--out", default=None, help="default docs/benchmarks.md (--quick: outputs/bench_quick.md)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
@@ -1031,18 +1393,29 @@ def main() -> None:
         args.batches, args.train_max_len, args.warmup, args.steps, args.repeats = [8], 32, 1, 3, 1
         args.eval_docs, args.eval_max_len, args.eval_batch = args.eval_docs or 300, 32, 32
         args.train_rows = args.train_rows or 64
+        args.mining_repeats, args.gc_batches, args.gc_max_len, args.gc_steps = 1, [8, 16], 16, 1
     sys.path.insert(0, str(ROOT))
+    from embedexp.errors import ConfigError
+
+    try:
+        args.precisions = resolve_precisions(args.precisions, args.allow_slow_bf16, quality=args.quality)
+    except ConfigError as err:
+        print(f"bench.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out or ROOT / ("outputs/bench_quick.md" if args.quick else "docs/benchmarks.md"))
-    res = load_previous(out) if (args.only or args.quality) else {}
+    res = adopt_machine(load_previous(out)) if (args.only or args.quality) else {}
     res["machine"] = machine_info()
+    res["linked"] = {"scale_cpus": scale_doc_cpus(ROOT / "docs" / "benchmarks_scale.md")}
     run = {
         "command": " ".join(["python scripts/bench.py"] + sys.argv[1:]),
         "date": res["machine"]["date"],
         "load_avg": res["machine"]["load_avg"],
+        "machine": res["machine"],
     }
     print(
         f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, torch {res['machine']['torch']} "
-        f"({res['machine']['torch_threads']} threads), flags {res['machine']['flags']}",
+        f"({res['machine']['torch_threads']} threads), flags {res['machine']['flags']}; "
+        f"{res['machine']['cpu_summary']}; precisions {' '.join(args.precisions)}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="embedexp-bench-") as tmp:
@@ -1056,6 +1429,10 @@ def main() -> None:
                 res["train"] = {**part_train(args, Path(tmp)), "run": run}
             if "eval" in parts:
                 res["eval"] = {**part_eval(args, Path(tmp)), "run": run}
+            if "mining" in parts:
+                res["mining"] = {**part_mining(args, Path(tmp)), "run": run}
+            if "gradcache" in parts:
+                res["gradcache"] = {**part_gradcache(args, Path(tmp)), "run": run}
     text = render(res)
     print("\n" + text)
     out.parent.mkdir(parents=True, exist_ok=True)

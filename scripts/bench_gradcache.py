@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["plain", "embedexp_cached", "st_cached"])
     ap.add_argument("--data-root", default=os.environ.get("EMBEDEXP_DATA", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks_gradcache.md"))
+    ap.add_argument("--json", default=None, help="also write the settings and every measured cell as JSON to this file")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -165,6 +166,9 @@ def main() -> None:
     print("\n" + table)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("# GradCache\n\n" + table)
+    if args.json:
+        settings = {k: getattr(args, k) for k in ("batches", "chunk", "max_len", "steps", "methods")}
+        Path(args.json).write_text(json.dumps({"settings": settings, "rows": list(results.values())}))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="runs of the fast path (the median is reported)")
     ap.add_argument("--tokenization", choices=sorted(TOKENIZATION), default="guide")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks_mining.md"))
+    ap.add_argument("--json", default=None, help="also write the measured numbers as JSON to this file")
     args = ap.parse_args()
 
     ts = beir_pairs(args.data, args.split)
@@ -153,6 +155,23 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(note)
     print(f"\nwritten: {out}")
+    if args.json:
+        numbers = {
+            "split": args.split,
+            "queries": n,
+            "docs": len(docs),
+            "top_k": args.top_k,
+            "tokenization": args.tokenization,
+            "repeats": args.repeats,
+            "reference_s": ref_s,
+            "fast_s": fast_s,
+            "fast_times": fast_times,
+            "backend_reference_s": backend_s,
+            "identical": identical,
+            "backend_identical": backend_same,
+            "numpy": np.__version__,
+        }
+        Path(args.json).write_text(json.dumps(numbers))
     if not (identical and backend_same):
         sys.exit(1)
 

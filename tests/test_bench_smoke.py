@@ -1,6 +1,7 @@
 """scripts/bench.py's FLOP counter and report, and the speed settings it measures (fused AdamW, bf16 preset)."""
 
 import importlib.util
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -220,3 +221,285 @@ def test_report_ratios_and_results_round_trip(bench, tmp_path):
     out.write_text(text + f"\n<!-- {bench.RESULTS_MARK}\n{__import__('json').dumps(res)}\n-->\n")
     assert bench.load_previous(out) == res
     assert bench.load_previous(Path(tmp_path / "missing.md")) == {}
+
+
+# ---------------------------------------------------------------- one report for every part, on the machine it ran on
+AVX2 = {
+    "cpu": "AMD EPYC",
+    "cores": 2,
+    "flags": ["avx2"],
+    "cpu_capability": "AVX2",
+    "cpu_summary": "AVX2, no native bf16",
+    "date": "2026-11-30 11:00",
+}
+EPYC_BF16 = {  # stored by a run before per-part machines: no cpu_summary, the flags say it all
+    "cpu": "AMD EPYC",
+    "cores": 2,
+    "flags": ["avx2", "avx512f", "avx512_bf16", "avx512_vnni"],
+    "cpu_capability": "AVX512",
+    "date": "2026-11-27 22:51",
+}
+
+
+def _train_run(pps: float, gflops: float, bf16: bool = False) -> dict:
+    return {
+        "pairs_per_s": pps,
+        "step_s": 32 / pps,
+        "achieved_gflops": gflops,
+        "gflop_per_step": 100.0,
+        "losses": [0.5, 0.4],
+        "probe": [0.3, 0.1],
+        "settings": {"optim": "adamw_torch_fused", "bf16": bf16},
+    }
+
+
+def _full_res(train_machine: dict, current: dict = AVX2, allow_slow: bool = False) -> dict:
+    """Every part, as main() stores them; the train part from `train_machine`, the rest from `current`."""
+    run = lambda machine: {
+        "command": "python scripts/bench.py",
+        "date": "2026-11-30 11:00",
+        "load_avg": 0.5,
+        "machine": machine,
+    }  # noqa: E731
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[f"embedexp/{precision}/32"] = _train_run(8.0, 60.0, precision == "bf16")
+        runs[f"st/{precision}/32"] = _train_run(4.0, 30.0, precision == "bf16")
+    settings = {"source": "x", "max_len": 128, "warmup": 1, "steps": 3, "lr": 5e-5, "batches": [32]}
+    eval_side = {"seconds": 50.0, "cached_seconds": 0.2, "ndcg_at_10": 0.6451, "docs": 5183, "queries": 300}
+    return {
+        "machine": current,
+        "train": {
+            "settings": {**settings, "precisions": ["fp32", "bf16"], "allow_slow_bf16": allow_slow},
+            "runs": runs,
+            "run": run(train_machine),
+        },
+        "mfu": {
+            "matmul_gflops": {"fp32": 120.0, "bf16": 7.0},
+            "allow_slow_bf16": allow_slow,
+            "run": run(train_machine),
+        },
+        "eval": {
+            "settings": {"eval_docs": None, "max_len": 128, "batch": 64},
+            "eval_embedexp": eval_side,
+            "eval_peer": {**eval_side, "seconds": 60.0, "peer": "mteb"},
+            "run": run(current),
+        },
+        "mining": {
+            "split": "train",
+            "queries": 809,
+            "docs": 5183,
+            "top_k": 50,
+            "tokenization": "guide",
+            "repeats": 5,
+            "reference_s": 30.0,
+            "fast_s": 0.5,
+            "fast_times": [0.5],
+            "backend_reference_s": 24.0,
+            "identical": True,
+            "backend_identical": True,
+            "command": "python scripts/bench_mining.py --tokenization guide --top-k 50 --repeats 5",
+            "run": run(current),
+        },
+        "gradcache": {
+            "settings": {"batches": [32, 256], "chunk": 32, "max_len": 32, "steps": 3, "methods": []},
+            "rows": [
+                {"method": m, "batch": b, "step_s": s, "loss": 1.0, "peak_rss_mb": mb}
+                for b, scale in ((32, 1.0), (256, 7.0))
+                for m, s, mb in (
+                    ("plain", 1.4 * scale, 1200),
+                    ("embedexp_cached", 1.5 * scale, 1100),
+                    ("st_cached", 1.5 * scale, 1210),
+                )
+            ],
+            "command": "python scripts/bench_gradcache.py --batches 32 256 --max-len 32 --steps 3",
+            "run": run(current),
+        },
+    }
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of a report as rows of cells (header first, separator dropped)."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip()[1:-1].split("|")]
+            if current is None:
+                current = []
+                tables.append(current)
+            if not all(set(c) <= set("-: ") for c in cells):
+                current.append(cells)
+        else:
+            current = None
+    return tables
+
+
+def test_render_skips_bf16_rows_without_native_bf16_and_says_why(bench):
+    text = bench.render(_full_res(AVX2))
+    reason = (
+        "bf16 rows skipped: this CPU has no native bf16 (AVX2, no native bf16; no avx512_bf16/amx_bf16 in "
+        "/proc/cpuinfo), so bf16 matmuls are emulated (10-20x slower than fp32) and `trainer=cpu_bf16` falls back "
+        "to fp32 here;"
+    )
+    assert text.count(reason) == 1
+    rows = [r[0] for t in _tables(text) for r in t[1:]]
+    assert "train fp32, batch 32, max len 128" in rows and "fp32, batch 32" in rows
+    assert not [r for r in rows if "bf16" in r]  # no bf16 train, MFU, "bf16 vs fp32" or sanity rows
+    assert "bf16 7.0 GFLOP/s" not in text and "bf16 not measured" in text  # the emulated matmul rate is not shown
+    # asked for explicitly (--allow-slow-bf16): the same rows are shown and say they are emulated
+    slow = bench.render(_full_res(AVX2, allow_slow=True))
+    assert "bf16 rows skipped" not in slow and "| train bf16, batch 32, max len 128 |" in slow
+    assert "| MFU bf16, batch 32 (100 GFLOP/step) |" in slow and "emulated bf16" in slow
+    # a native-bf16 machine: bf16 rows, no skip line
+    native = bench.render(_full_res(EPYC_BF16, current=EPYC_BF16))
+    assert "bf16 rows skipped" not in native and "| train bf16, batch 32, max len 128 |" in native
+
+
+def test_every_table_row_carries_the_cpu_of_its_run(bench):
+    text = bench.render(_full_res(AVX2))
+    tables = _tables(text)
+    assert len(tables) == 4  # the main table, training sanity, mining, GradCache
+    for table in tables:
+        assert table[0][-1] == "CPU", table[0]
+        for row in table[1:]:
+            assert len(row) == len(table[0]), row  # no stray "|" inside a cell
+            assert row[-1] == "AVX2, no native bf16", row
+    assert "## BM25 hard-negative mining" in text and "## GradCache" in text
+    assert (
+        "| fast (embedexp posting matrix, `miner.backend=fast`, default; median of 5) | 0.500 | 1,618 | 60x | yes |"
+        in text
+    )
+    assert "| 256 | 9.80 | 10.50 | 1.07x | 10.50 | 1.07x | 1200 | 1100 | 1210 |" in text
+    runs = [line for line in text.splitlines() if line.startswith("- ") and "`python scripts/bench.py" in line]
+    assert len(runs) == 5 and "which ran `python scripts/bench_mining.py --tokenization guide --top-k 50" in text
+
+
+def test_rows_kept_from_another_machine_are_marked(bench, tmp_path):
+    res = _full_res(EPYC_BF16)  # train + mfu kept by --only from the AVX-512 BF16 machine
+    text = bench.render(res)
+    main, sanity, mining, gradcache = _tables(text)
+    other = "AVX512, avx512_bf16 (other machine: AMD EPYC, 2 cores)"
+    train_rows = [r for r in main[1:] if r[0].startswith(("train", "MFU", "matmul"))]
+    assert len(train_rows) == 6 and all(r[-1] == other for r in train_rows)  # bf16 rows kept: native there
+    assert all(r[-1] == other for r in sanity[1:])
+    assert all(r[-1] == "AVX2, no native bf16" for r in main[1:] if r[0].startswith("eval"))
+    assert all("other machine" not in r[-1] for r in mining[1:] + gradcache[1:])
+    assert "Not from this machine:" in text and "train (AMD EPYC, 2 cores, flags avx2, avx512f, avx512_bf16" in text
+    # a report written before parts recorded their machine: load, adopt the stored machine, rerun a part elsewhere
+    old = {k: v for k, v in _full_res(EPYC_BF16, current=EPYC_BF16).items() if k in ("machine", "train", "mfu")}
+    for part in ("train", "mfu"):
+        del old[part]["run"]["machine"]
+    out = tmp_path / "benchmarks.md"
+    out.write_text(bench.render(old) + f"\n<!-- {bench.RESULTS_MARK}\n{json.dumps(old)}\n-->\n")
+    res = bench.adopt_machine(bench.load_previous(out))
+    res["machine"] = AVX2
+    rows = [r for r in _tables(bench.render(res))[0][1:]]
+    assert rows and all(r[-1] == other for r in rows)
+    # train and matmul rate from different machines: no MFU computed across them
+    res["mfu"]["run"]["machine"] = AVX2
+    text = bench.render(res)
+    assert "| MFU | n/a | n/a | | the training rows and the matmul rate come from different machines" in text
+    assert not [line for line in text.splitlines() if line.startswith("| MFU fp32")]
+
+
+def test_scale_link_follows_the_scale_reports_cpu_column(bench, tmp_path):
+    scale = tmp_path / "benchmarks_scale.md"
+    scale.write_text(
+        "# scale\n\n| docs | seconds | CPU |\n|---:|---:|---|\n| 10 | 1.0 | 2 cores, AVX2, no native bf16 |\n"
+        "\ntext | with a pipe\n\n| mode | CPU |\n|---|---|\n| bf16 | AVX2, no native bf16 |\n"
+    )
+    cpus = bench.scale_doc_cpus(scale)
+    assert cpus == ["2 cores, AVX2, no native bf16", "AVX2, no native bf16"]
+    assert "measured on the same kind of CPU as this run (AVX2, no native bf16" in bench.scale_link(cpus, AVX2)
+    other = bench.scale_link(cpus, EPYC_BF16)
+    assert "measured on a different machine (AVX2, no native bf16) than this run (AVX512, avx512_bf16)" in other
+    assert "machine is unknown" in bench.scale_link(bench.scale_doc_cpus(tmp_path / "missing.md"), AVX2)
+    assert "measured on a different machine (AVX2" not in bench.render(
+        _full_res(AVX2) | {"linked": {"scale_cpus": cpus}}
+    )
+
+
+@pytest.mark.parametrize(
+    "argv", [["--precisions", "bf16"], ["--precisions", "fp32", "bf16", "--only", "train"], ["--quality"]]
+)
+def test_bf16_without_native_bf16_is_refused_in_one_line(bench, monkeypatch, capsys, tmp_path, argv):
+    from embedexp.trainer import precision
+
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda flags=None: [])
+    monkeypatch.setattr("sys.argv", ["bench.py", *argv, "--out", str(tmp_path / "b.md")])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench.py: error: --")
+    assert "no native bf16" in err[0] and "--allow-slow-bf16" in err[0]
+    assert not (tmp_path / "b.md").exists()
+    assert bench.resolve_precisions(None, False) == ["fp32"]  # the default drops bf16 here
+    assert bench.resolve_precisions(["fp32", "bf16"], True) == ["fp32", "bf16"]
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda flags=None: ["avx512_bf16"])
+    assert bench.resolve_precisions(None, False) == ["fp32", "bf16"]
+    assert bench.resolve_precisions(["bf16"], False, quality=True) == ["bf16"]
+
+
+def test_script_parts_write_their_docs_only_into_the_temp_dir(bench, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench, "run_script", lambda argv, shown, path: seen.append((argv, shown)) or {})
+    args = SimpleNamespace(
+        data_root="/data", mining_repeats=1, gc_batches=[8, 16], gc_max_len=16, gc_steps=1, script_docs=False
+    )
+    bench.part_mining(args, tmp_path)
+    bench.part_gradcache(args, tmp_path)
+    (mining, mining_shown), (gc, gc_shown) = seen
+    assert mining[mining.index("--out") + 1] == str(tmp_path / "benchmarks_mining.md")
+    assert gc[gc.index("--out") + 1] == str(tmp_path / "benchmarks_gradcache.md")
+    assert mining[mining.index("--data") + 1] == str(Path("/data") / "scifact")
+    assert gc_shown == ["scripts/bench_gradcache.py", "--batches", "8", "16", "--max-len", "16", "--steps", "1"]
+    assert " ".join(mining_shown) == "scripts/bench_mining.py --tokenization guide --top-k 50 --repeats 1"
+    bench.part_mining(SimpleNamespace(**{**vars(args), "script_docs": True}), tmp_path)
+    assert seen[-1][0][seen[-1][0].index("--out") + 1] == str(REPO / "docs" / "benchmarks_mining.md")
+
+
+def test_run_script_keeps_numbers_of_a_failing_check_and_reports_a_crash(bench, tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import json, sys\nargs = sys.argv[1:]\n"
+        "if 'crash' in args: sys.exit(3)\n"
+        "open(args[args.index('--json') + 1], 'w').write(json.dumps({'fast_s': 0.5}))\nsys.exit(1)\n"
+    )
+    got = bench.run_script([str(script)], ["fake.py"], tmp_path / "a.json")
+    assert got == {"fast_s": 0.5, "exit": 1, "command": "python fake.py"}
+    crashed = bench.run_script([str(script), "crash"], ["fake.py", "crash"], tmp_path / "b.json")
+    assert crashed == {"failed": "exit 3, no results", "command": "python fake.py crash"}
+
+
+def test_bench_mining_json_on_a_tiny_corpus(tmp_path):
+    """scripts/bench_mining.py --json: the numbers bench.py renders, from a real (tiny) run."""
+    import subprocess
+    import sys
+
+    corpus = {f"d{i}": ("", f"doc {i} about topic {i % 3} and words {i * 7}") for i in range(30)}
+    queries = {f"q{i}": f"topic {i % 3} words {i * 7}" for i in range(6)}
+    write_beir(tmp_path / "scifact", corpus, queries, {f"q{i}": {f"d{i}": 1} for i in range(6)}, split="train")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_mining.py"),
+            "--data",
+            str(tmp_path / "scifact"),
+            "--top-k",
+            "5",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "m.md"),
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert (got["queries"], got["docs"], got["top_k"], got["repeats"]) == (6, 30, 5, 1)
+    assert got["identical"] is True and got["backend_identical"] is True and got["fast_s"] > 0
+    assert (tmp_path / "m.md").is_file()
