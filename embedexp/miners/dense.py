@@ -224,6 +224,7 @@ def tiled_topk(q: np.ndarray, d: np.ndarray, depth: int, block: int, pairs: np.n
         i, v = topk_desc(s, depth)
         here = (pairs[:, 1] >= lo) & (pairs[:, 1] < hi)
         pos[here] = s[pairs[here, 0] - q_offset, pairs[here, 1] - lo]
+        del s  # else this tile is still alive while the next product is computed: 2 tiles at the peak
         i = i + lo
         if best_i is None:
             best_i, best_s = i, v
