@@ -1259,35 +1259,43 @@ def render(res: dict) -> str:
     hidden = [mach for mach, part, show in ((t_machine, train, t_show), (f_machine, mfu, f_show)) if part and not show]
     if hidden:
         lines += ["", bf16_skip_line(hidden[0], current=same_machine(hidden[0], m))]
-    lines += [
-        "",
-        "Ratio: embedexp speed / peer speed (pairs/s over pairs/s, or peer seconds over embedexp seconds); "
-        "above 1.00x embedexp is faster.",
-        "",
-        "| task | embedexp | peer | ratio | peer settings | CPU |",
-        "|---|---:|---:|---:|---|---|",
-    ]
+    table: list[str] = []
     rates = {p: r for p, r in (mfu or {}).get("matmul_gflops", {}).items() if p != "bf16" or f_show}
     if train:
-        lines += _train_rows(train, t_prec, t_cpu)
+        table += _train_rows(train, t_prec, t_cpu)
         if rates and same_machine(t_machine, f_machine):
-            lines += _mfu_rows(train, t_prec, rates, t_cpu)
+            table += _mfu_rows(train, t_prec, rates, t_cpu)
         elif rates:
-            lines.append(
+            table.append(
                 "| MFU | n/a | n/a | | the training rows and the matmul rate come from different machines; "
                 f"rerun `--only mfu train` | {t_cpu} |"
             )
     if rates:
         f_cpu = cpu_cell(f_machine, m)
-        bf16 = f"bf16 {rates['bf16']:.1f} GFLOP/s" if "bf16" in rates else "bf16 not measured"
+        hidden_rate = "bf16" in mfu.get("matmul_gflops", {})
+        bf16 = (
+            f"bf16 {rates['bf16']:.1f} GFLOP/s"
+            if "bf16" in rates
+            else ("bf16 not shown (emulated)" if hidden_rate else "bf16 not measured")
+        )
         ratio = f"; bf16/fp32 = {rates['bf16'] / rates['fp32']:.2f}x" if "bf16" in rates else ""
-        lines.append(
+        table.append(
             f"| matmul rate, torch.mm 2048x2048 (median of 10) | fp32 {rates['fp32']:.1f} GFLOP/s | {bf16} | | "
             f"measured in the mfu run{ratio} | {f_cpu} |"
         )
     if ev:
-        lines += _eval_rows(ev, cpu_cell(part_machine(res, "eval"), m))
-    lines.append("")
+        table += _eval_rows(ev, cpu_cell(part_machine(res, "eval"), m))
+    if table:
+        lines += [
+            "",
+            "Ratio: embedexp speed / peer speed (pairs/s over pairs/s, or peer seconds over embedexp seconds); "
+            "above 1.00x embedexp is faster.",
+            "",
+            "| task | embedexp | peer | ratio | peer settings | CPU |",
+            "|---|---:|---:|---:|---|---|",
+            *table,
+            "",
+        ]
     if train:
         lines += _sanity_section(train, t_prec, t_cpu)
     q = res.get("quality")

@@ -345,7 +345,7 @@ def test_render_skips_bf16_rows_without_native_bf16_and_says_why(bench):
     rows = [r[0] for t in _tables(text) for r in t[1:]]
     assert "train fp32, batch 32, max len 128" in rows and "fp32, batch 32" in rows
     assert not [r for r in rows if "bf16" in r]  # no bf16 train, MFU, "bf16 vs fp32" or sanity rows
-    assert "bf16 7.0 GFLOP/s" not in text and "bf16 not measured" in text  # the emulated matmul rate is not shown
+    assert "bf16 7.0 GFLOP/s" not in text and "bf16 not shown (emulated)" in text  # nor the emulated matmul rate
     # asked for explicitly (--allow-slow-bf16): the same rows are shown and say they are emulated
     slow = bench.render(_full_res(AVX2, allow_slow=True))
     assert "bf16 rows skipped" not in slow and "| train bf16, batch 32, max len 128 |" in slow
@@ -370,6 +370,8 @@ def test_every_table_row_carries_the_cpu_of_its_run(bench):
         in text
     )
     assert "| 256 | 9.80 | 10.50 | 1.07x | 10.50 | 1.07x | 1200 | 1100 | 1210 |" in text
+    only_scripts = {k: v for k, v in _full_res(AVX2).items() if k in ("machine", "mining", "gradcache")}
+    assert [t[0][0] for t in _tables(bench.render(only_scripts))] == ["path", "batch"]  # no empty main table
     runs = [line for line in text.splitlines() if line.startswith("- ") and "`python scripts/bench.py" in line]
     assert len(runs) == 5 and "which ran `python scripts/bench_mining.py --tokenization guide --top-k 50" in text
 
