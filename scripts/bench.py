@@ -1,7 +1,8 @@
 """embedexp vs the peers, side by side in one run: training, MFU, SciFact evaluation (and bf16 quality).
 
     python scripts/bench.py                  # full run (~25 min on 2 quiet cores), writes docs/benchmarks.md
-    python scripts/bench.py --quick          # tiny settings, a smoke test (~2-3 min), writes outputs/bench_quick.md
+    python scripts/bench.py --quick          # tiny settings, a smoke test, writes outputs/bench_quick.md
+                                             # (mining still ranks all of SciFact train: a few minutes)
     python scripts/bench.py --only train     # rerun parts (train mfu eval mining gradcache); other rows are kept
     python scripts/bench.py --quality        # fp32 vs bf16 fine-tuning quality on SciFact (slow)
 
