@@ -52,6 +52,7 @@ from embedexp.data.scored_rows import ScoredRows
 from embedexp.data.train_sets import TrainSet
 from embedexp.errors import ConfigError
 from embedexp.miners.cache import data_fingerprint, hash_json, read_cache, write_cache
+from embedexp.miners.corpus_index import corpus_lookup
 
 log = logging.getLogger("embedexp.miners")
 
@@ -339,11 +340,12 @@ class HardNegativeMiner:
         docs = list(train_set.corpus.values())
         if not docs:
             raise ConfigError(f"miner={self.name}: the corpus is empty")
-        id_to_idx = {d: i for i, d in enumerate(doc_ids)}
-        text_to_idx: dict[str, int] = {}
-        for i, t in enumerate(docs):
-            text_to_idx.setdefault(t, i)
-        canon = np.fromiter((text_to_idx[t] for t in docs), dtype=np.int64, count=len(docs))
+        canon, id_to_idx, text_to_idx = corpus_lookup(
+            doc_ids,
+            docs,
+            (d for qid in set(train_set.query_ids) for d in train_set.qrels.get(qid, {})),
+            (t for row in train_set.rows for t in row[:2]),
+        )
 
         q_index: dict[str, int] = {}
         queries: list[str] = []
