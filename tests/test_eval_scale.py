@@ -115,3 +115,47 @@ def test_the_corpus_is_normalised_one_block_at_a_time(monkeypatch):
     s, i = metrics.top_k(q, d, 10, doc_ids=ids)
     assert max(rows) <= 64 and len(rows) >= 5  # the queries (40 rows), then 5 corpus blocks of <= 64 documents
     assert torch.equal(i, ref_i) and torch.equal(s, ref_s)
+
+
+def _dup_corpus():
+    torch.manual_seed(0)
+    d = torch.randn(16390, 64)
+    d[-6:] = d[:6]  # documents 16384..16389 repeat documents 0..5, in another corpus block (blocks of 16384)
+    return torch.randn(257, 64), d, [f"doc{i:05d}" for i in range(16390)]
+
+
+def test_a_query_alone_in_its_chunk_scores_as_in_a_bigger_chunk():
+    """Before: 257 queries were cut 256 + 1, and the 1-row product took another float32 kernel (MKL) than the
+    4+-row ones: query 256's scores moved by one ulp, its top 4 changed order, and documents 16384-16389 no longer
+    tied with their identical documents 0-5 (so trec_eval's id rule no longer decided between them). Chunks are now
+    balanced (129 + 128) and a chunk under 4 rows is padded."""
+    q, d, ids = _dup_corpus()
+    s, i = metrics.top_k(q, d, 600, doc_ids=ids)
+    s4, i4 = metrics.top_k(q[253:], d, 600, doc_ids=ids)  # the same query in a 4-row product
+    assert torch.equal(s[256], s4[3]) and torch.equal(i[256], i4[3])
+    s1, i1 = metrics.top_k(q[256:], d, 16390, doc_ids=ids)  # alone: padded to 4 rows
+    by_doc = torch.empty_like(s1).scatter_(1, i1, s1)[0]
+    assert torch.equal(by_doc[:6], by_doc[-6:])
+    rank = {int(j): r for r, j in enumerate(i1[0].tolist())}
+    assert all(rank[16384 + j] == rank[j] - 1 for j in range(6))  # equal scores: the larger id first
+
+
+def test_a_crowded_row_keeps_k_candidates_per_block(monkeypatch):
+    """Rows whose tie group straddles the cut (here: zero queries, every score 0) are resolved block by block with a
+    running best k: before, every row's candidates over the whole corpus were gathered first (12 bytes per document
+    per crowded row: ~12 GB for 1,000 such queries at 10^6 documents)."""
+    q = torch.zeros(8, 4)
+    d = torch.from_numpy(np.random.default_rng(0).standard_normal((300, 4), dtype=np.float32))
+    ids = [f"d{(j * 7) % 300:03d}" for j in range(300)]
+    monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 8 * 40)
+    sizes = []
+    real = np.lexsort
+
+    def spy(keys, axis=-1):
+        sizes.append(np.shape(keys[0])[-1])
+        return real(keys, axis=axis)
+
+    monkeypatch.setattr(metrics.np, "lexsort", spy)
+    s, i = metrics.top_k(q, d, 5, doc_ids=ids)
+    assert [[ids[j] for j in row] for row in i.tolist()] == [sorted(ids, reverse=True)[:5]] * 8
+    assert max(sizes) <= 5 + 40, max(sizes)

@@ -40,6 +40,7 @@ def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
 
 SCORE_BLOCK_ELEMENTS = 1 << 22  # float32 similarities per (query chunk x corpus block) tile in `top_k`: 16 MB
 QUERY_CHUNK_MIN = 256  # queries per tile at least, when the corpus is split into blocks
+MIN_TILE_ROWS = 4  # a tile's product has at least this many query rows (zero rows pad a smaller chunk)
 
 
 def top_k(
@@ -65,7 +66,14 @@ def top_k(
             top-k set is the first k of trec_eval's full ranking. Without ids, ties are in no set order.
 
     Returns:
-        (scores, indices), each (n_queries, k): cosine similarities and row indices into doc_emb.
+        (scores, indices), each (n_queries, k): cosine similarities and row indices into doc_emb (on the CPU when
+        doc_ids are given, else on query_emb's device).
+
+    Float32 products can differ in the last bit with the shape of the product: on this project's CPUs (MKL), a
+    product with 1-3 query rows took another kernel than one with 4 or more, whose bits did not depend on the
+    number of rows or on a document's column, so two identical documents scored differently for a query alone in
+    its chunk. Query chunks are therefore of balanced sizes, and a chunk under MIN_TILE_ROWS rows is padded with
+    zero rows.
 
     Raises:
         ValueError: doc_ids and doc_emb differ in length.
@@ -81,24 +89,40 @@ def top_k(
     # with ids, one score more than k tells whether a tie group straddles the cut (see _trec_order_rows)
     kk = k + (1 if id_rank is not None and k < n_docs else 0)
     chunk = max(1, min(chunk_size, n_q, max(QUERY_CHUNK_MIN, SCORE_BLOCK_ELEMENTS // n_docs)))
-    block = max(kk, SCORE_BLOCK_ELEMENTS // chunk)
-    best_v = torch.empty((n_q, kk))
-    best_i = torch.empty((n_q, kk), dtype=torch.long)
+    chunks = _balanced_chunks(n_q, chunk)
+    block = max(kk, SCORE_BLOCK_ELEMENTS // max(b - a for a, b in chunks))
+    best_v = torch.empty((n_q, kk), device=q.device)
+    best_i = torch.empty((n_q, kk), dtype=torch.long, device=q.device)
     for lo in range(0, n_docs, block):
-        d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1)
-        for s in range(0, n_q, chunk):
-            sim = q[s : s + chunk] @ d.T
+        d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
+        for a, b in chunks:
+            sim = _tile(q[a:b], d)
             v, i = sim.topk(min(kk, sim.shape[1]), dim=1)
             del sim  # else this tile is still alive while the next product is computed: 2 tiles
             if lo == 0:
-                best_v[s : s + chunk], best_i[s : s + chunk] = v, i
+                best_v[a:b], best_i[a:b] = v, i
                 continue
-            cv, ci = torch.cat([best_v[s : s + chunk], v], 1), torch.cat([best_i[s : s + chunk], i + lo], 1)
+            cv, ci = torch.cat([best_v[a:b], v], 1), torch.cat([best_i[a:b], i + lo], 1)
             v, pick = cv.topk(kk, dim=1)
-            best_v[s : s + chunk], best_i[s : s + chunk] = v, ci.gather(1, pick)
+            best_v[a:b], best_i[a:b] = v, ci.gather(1, pick)
     if id_rank is None:
         return best_v, best_i
-    return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunk, block)
+    return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunks, block)
+
+
+def _balanced_chunks(n: int, most: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges covering range(n), at most `most` long, of sizes that differ by at most one."""
+    parts = -(-n // most)
+    bounds = [n * p // parts for p in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _tile(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """(len(q), len(d)) = q @ d.T with at least MIN_TILE_ROWS rows in the product (see `top_k`)."""
+    if q.shape[0] >= MIN_TILE_ROWS:
+        return q @ d.T
+    pad = q.new_zeros((MIN_TILE_ROWS - q.shape[0], q.shape[1]))
+    return (torch.cat([q, pad]) @ d.T)[: q.shape[0]]
 
 
 def _trec_order_rows(
@@ -108,7 +132,7 @@ def _trec_order_rows(
     i: torch.Tensor,
     k: int,
     id_rank: np.ndarray,
-    chunk: int,
+    chunks: list[tuple[int, int]],
     block: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-select the running top (v, i) by trec_eval's rule: ties at the cut, then order within the k.
@@ -116,32 +140,32 @@ def _trec_order_rows(
     q: (n_queries, dim) normalised; v, i: (n_queries, k + 1) the largest scores of each row (k when k == n_docs);
     returns k columns. A row is crowded when more than k documents reach its k-th score (a tie group straddles the
     cut). That can only happen where the (k+1)-th largest score equals the k-th, so only the query chunks holding
-    such rows are scored again, tile by tile with the same shapes as the first pass (the same float32 bits), to
-    collect every document reaching the k-th score; no (chunk x n_docs) temporary.
+    such rows are scored again, tile by tile with the same shapes as the first pass (the same float32 bits). Each
+    crowded row keeps a running best k by (score descending, id descending) over the corpus blocks: memory
+    O(k + one block) per row, whatever the size of the tie group.
     """
-    v_np, i_np = v[:, :k].numpy().copy(), i[:, :k].numpy().copy()
+    v_np, i_np = v[:, :k].cpu().numpy().copy(), i[:, :k].cpu().numpy().copy()
     crowded = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
-    if crowded:
-        rows_of: dict[int, list[int]] = {}
-        for r in crowded:
-            rows_of.setdefault(r - r % chunk, []).append(r)
-        cand_i: dict[int, list[np.ndarray]] = {r: [] for r in crowded}
-        cand_v: dict[int, list[np.ndarray]] = {r: [] for r in crowded}
+    for a, b in chunks:
+        rows = [r for r in crowded if a <= r < b]
+        if not rows:
+            continue
+        best = {r: (np.empty(0, np.int64), np.empty(0, np.float32)) for r in rows}
+        reached = dict.fromkeys(rows, 0)  # documents reaching the row's k-th score
         for lo in range(0, doc_emb.shape[0], block):
-            d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1)
-            for s, rows in rows_of.items():
-                sim = q[s : s + chunk] @ d.T
-                for r in rows:
-                    hit = torch.nonzero(sim[r - s] >= v[r, k - 1]).flatten()
-                    cand_i[r].append((hit + lo).numpy())
-                    cand_v[r].append(sim[r - s, hit].numpy())
-                del sim
-        for r in crowded:
-            c_idx, c_score = np.concatenate(cand_i[r]), np.concatenate(cand_v[r])
-            if len(c_idx) <= k:  # no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
-                continue
-            keep = np.lexsort((id_rank[c_idx], -c_score))[:k]
-            v_np[r], i_np[r] = c_score[keep], c_idx[keep]
+            d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
+            sim = _tile(q[a:b], d)
+            for r in rows:
+                hit = torch.nonzero(sim[r - a] >= v[r, k - 1]).flatten()
+                reached[r] += len(hit)
+                c_idx = np.concatenate([best[r][0], (hit + lo).cpu().numpy()])
+                c_score = np.concatenate([best[r][1], sim[r - a, hit].cpu().numpy()])
+                keep = np.lexsort((id_rank[c_idx], -c_score))[:k]
+                best[r] = (c_idx[keep], c_score[keep])
+            del sim
+        for r in rows:
+            if reached[r] > k:  # else no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
+                i_np[r], v_np[r] = best[r]
     order = np.lexsort((id_rank[i_np], -v_np), axis=-1)  # score descending, then id descending
     return torch.from_numpy(np.take_along_axis(v_np, order, 1)), torch.from_numpy(np.take_along_axis(i_np, order, 1))
 
