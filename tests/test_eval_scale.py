@@ -29,13 +29,16 @@ def _brute_force(q, d, k, ids):
     return rows
 
 
+@pytest.mark.parametrize("block_elements", [300 * 9, None])
 @pytest.mark.parametrize("k", [1, 7, 100, 299, 300])
-def test_top_k_with_ids_equals_brute_force_trec_order(k, monkeypatch):
-    """Ties at the cut pick the largest ids and rows are in trec_eval order, for small chunks (several products)
-    and for k = n_docs (no (k+1)-th score to look at)."""
+def test_top_k_with_ids_equals_brute_force_trec_order(k, block_elements, monkeypatch):
+    """Ties at the cut pick the largest ids and rows are in trec_eval order, with several corpus blocks (a second
+    pass over the crowded rows) and with one (crowded rows resolved from their tile), and for k = n_docs (no (k+1)-th
+    score to look at)."""
     q, d = _tied()
     ids = [f"d{(j * 7919) % 1000:03d}" for j in range(d.shape[0])]  # id order unrelated to corpus order
-    monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", 300 * 9)
+    if block_elements:
+        monkeypatch.setattr(metrics, "SCORE_BLOCK_ELEMENTS", block_elements)
     s, i = metrics.top_k(q, d, k, doc_ids=ids)
     assert i.shape == (q.shape[0], k) and s.shape == (q.shape[0], k)
     assert i.tolist() == _brute_force(q, d, k, ids)

@@ -39,7 +39,8 @@ def _descending_id_rank(doc_ids: Sequence[str]) -> np.ndarray:
 
 
 SCORE_BLOCK_ELEMENTS = 1 << 22  # float32 similarities per (query chunk x corpus block) tile in `top_k`: 16 MB
-QUERY_CHUNK_MIN = 256  # queries per tile at least, when the corpus is split into blocks
+ONE_BLOCK_MIN_QUERIES = 64  # the corpus stays one block while a tile still holds this many queries (<= 65,536 docs)
+QUERY_CHUNK_MIN = 256  # queries per tile when the corpus is split into blocks
 MIN_TILE_ROWS = 4  # a tile's product has at least this many query rows (zero rows pad a smaller chunk)
 
 
@@ -57,10 +58,11 @@ def top_k(
             here, the corpus one block at a time: no normalised copy of the whole corpus is made).
         k: documents per query (at most n_docs).
         chunk_size: queries per tile at most. A tile holds at most SCORE_BLOCK_ELEMENTS similarities: a corpus of
-            up to SCORE_BLOCK_ELEMENTS / chunk_size documents is one block (SciFact, NFCorpus: one product per
-            query chunk); a larger one is cut into blocks of SCORE_BLOCK_ELEMENTS / chunk documents, chunk >=
-            QUERY_CHUNK_MIN, and each tile's top-k is merged into a running top-k per query (as mteb's exact
-            search merges corpus chunks). Memory: one tile + one normalised block + O(n_queries * k).
+            up to SCORE_BLOCK_ELEMENTS / ONE_BLOCK_MIN_QUERIES documents (65,536) is one block, with query chunks
+            of SCORE_BLOCK_ELEMENTS / n_docs (SciFact, NFCorpus: one product per query chunk); a larger one is cut
+            into blocks of SCORE_BLOCK_ELEMENTS / QUERY_CHUNK_MIN documents, and each tile's top-k is merged into a
+            running top-k per query (as mteb's exact search merges corpus chunks); rows with a tie group across
+            the cut are then scored a second time. Memory: one tile + one normalised block + O(n_queries * k).
         doc_ids: when given, each row is in trec_eval's order (score descending, then doc id
             descending) and documents tied with the k-th score are chosen by that rule too, so the
             top-k set is the first k of trec_eval's full ranking. Without ids, ties are in no set order.
@@ -88,16 +90,25 @@ def top_k(
         return torch.empty((n_q, max(k, 0))), torch.empty((n_q, max(k, 0)), dtype=torch.long)
     # with ids, one score more than k tells whether a tie group straddles the cut (see _trec_order_rows)
     kk = k + (1 if id_rank is not None and k < n_docs else 0)
-    chunk = max(1, min(chunk_size, n_q, max(QUERY_CHUNK_MIN, SCORE_BLOCK_ELEMENTS // n_docs)))
+    per_tile = SCORE_BLOCK_ELEMENTS // n_docs  # queries per tile with the whole corpus in one block
+    chunk = max(1, min(chunk_size, n_q, per_tile if per_tile >= ONE_BLOCK_MIN_QUERIES else QUERY_CHUNK_MIN))
     chunks = _balanced_chunks(n_q, chunk)
     block = max(kk, SCORE_BLOCK_ELEMENTS // max(b - a for a, b in chunks))
     best_v = torch.empty((n_q, kk), device=q.device)
     best_i = torch.empty((n_q, kk), dtype=torch.long, device=q.device)
+    resolved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for lo in range(0, n_docs, block):
         d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
         for a, b in chunks:
             sim = _tile(q[a:b], d)
             v, i = sim.topk(min(kk, sim.shape[1]), dim=1)
+            if (
+                kk > k and block >= n_docs
+            ):  # one corpus block: a crowded row's ties are all in this tile (no second pass)
+                for r in torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist():
+                    c_idx, c_score, n_hit = _best_k_by_id(sim[r], v[r, k - 1], 0, k, id_rank, _EMPTY)
+                    if n_hit > k:  # else no tie group across the cut (e.g. NaN scores, which no >= counts)
+                        resolved[a + r] = (c_idx, c_score)
             del sim  # else this tile is still alive while the next product is computed: 2 tiles
             if lo == 0:
                 best_v[a:b], best_i[a:b] = v, i
@@ -107,7 +118,8 @@ def top_k(
             best_v[a:b], best_i[a:b] = v, ci.gather(1, pick)
     if id_rank is None:
         return best_v, best_i
-    return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunks, block)
+    one_block = block >= n_docs
+    return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunks, block, resolved if one_block else None)
 
 
 def _balanced_chunks(n: int, most: int) -> list[tuple[int, int]]:
@@ -125,6 +137,24 @@ def _tile(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return (torch.cat([q, pad]) @ d.T)[: q.shape[0]]
 
 
+_EMPTY = (np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+def _best_k_by_id(
+    row: torch.Tensor, kth: torch.Tensor, lo: int, k: int, id_rank: np.ndarray, best: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Merge the documents of one tile row reaching the k-th score `kth` into `best` (indices, scores), keeping the
+    first k by (score descending, id descending); also returns how many documents of the row reached `kth`.
+
+    row: (block,) scores of the documents lo, lo + 1, ...; best: (<= k,) from the previous blocks.
+    """
+    hit = torch.nonzero(row >= kth).flatten()
+    c_idx = np.concatenate([best[0], (hit + lo).cpu().numpy()])
+    c_score = np.concatenate([best[1], row[hit].cpu().numpy()])
+    keep = np.lexsort((id_rank[c_idx], -c_score))[:k]
+    return c_idx[keep], c_score[keep], len(hit)
+
+
 def _trec_order_rows(
     q: torch.Tensor,
     doc_emb: torch.Tensor,
@@ -134,34 +164,35 @@ def _trec_order_rows(
     id_rank: np.ndarray,
     chunks: list[tuple[int, int]],
     block: int,
+    resolved: dict[int, tuple[np.ndarray, np.ndarray]] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-select the running top (v, i) by trec_eval's rule: ties at the cut, then order within the k.
 
     q: (n_queries, dim) normalised; v, i: (n_queries, k + 1) the largest scores of each row (k when k == n_docs);
     returns k columns. A row is crowded when more than k documents reach its k-th score (a tie group straddles the
-    cut). That can only happen where the (k+1)-th largest score equals the k-th, so only the query chunks holding
-    such rows are scored again, tile by tile with the same shapes as the first pass (the same float32 bits). Each
-    crowded row keeps a running best k by (score descending, id descending) over the corpus blocks: memory
-    O(k + one block) per row, whatever the size of the tie group.
+    cut). That can only happen where the (k+1)-th largest score equals the k-th. With one corpus block such rows were
+    already resolved from their tile (`resolved`: row -> (indices, scores); None with several blocks); otherwise the query chunks holding them
+    are scored again, tile by tile with the same shapes as the first pass (the same float32 bits), and each crowded
+    row keeps a running best k over the blocks: memory O(k + one block) per row, whatever the size of the tie group.
     """
     v_np, i_np = v[:, :k].cpu().numpy().copy(), i[:, :k].cpu().numpy().copy()
     crowded = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
+    if resolved is not None:
+        for r, (c_idx, c_score) in resolved.items():
+            i_np[r], v_np[r] = c_idx, c_score
+        crowded = []
     for a, b in chunks:
         rows = [r for r in crowded if a <= r < b]
         if not rows:
             continue
-        best = {r: (np.empty(0, np.int64), np.empty(0, np.float32)) for r in rows}
+        best = dict.fromkeys(rows, _EMPTY)
         reached = dict.fromkeys(rows, 0)  # documents reaching the row's k-th score
         for lo in range(0, doc_emb.shape[0], block):
             d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
             sim = _tile(q[a:b], d)
             for r in rows:
-                hit = torch.nonzero(sim[r - a] >= v[r, k - 1]).flatten()
-                reached[r] += len(hit)
-                c_idx = np.concatenate([best[r][0], (hit + lo).cpu().numpy()])
-                c_score = np.concatenate([best[r][1], sim[r - a, hit].cpu().numpy()])
-                keep = np.lexsort((id_rank[c_idx], -c_score))[:k]
-                best[r] = (c_idx[keep], c_score[keep])
+                c_idx, c_score, n_hit = _best_k_by_id(sim[r - a], v[r, k - 1], lo, k, id_rank, best[r])
+                best[r], reached[r] = (c_idx, c_score), reached[r] + n_hit
             del sim
         for r in rows:
             if reached[r] > k:  # else no tie group across the cut (e.g. NaN scores, which no >= comparison counts)
