@@ -96,15 +96,14 @@ def top_k(
     block = max(kk, SCORE_BLOCK_ELEMENTS // max(b - a for a, b in chunks))
     best_v = torch.empty((n_q, kk), device=q.device)
     best_i = torch.empty((n_q, kk), dtype=torch.long, device=q.device)
+    one_block = block >= n_docs
     resolved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for lo in range(0, n_docs, block):
         d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
         for a, b in chunks:
             sim = _tile(q[a:b], d)
             v, i = sim.topk(min(kk, sim.shape[1]), dim=1)
-            if (
-                kk > k and block >= n_docs
-            ):  # one corpus block: a crowded row's ties are all in this tile (no second pass)
+            if kk > k and one_block:  # a crowded row's ties are all in this tile: resolved here, no second pass
                 for r in torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist():
                     c_idx, c_score, n_hit = _best_k_by_id(sim[r], v[r, k - 1], 0, k, id_rank, _EMPTY)
                     if n_hit > k:  # else no tie group across the cut (e.g. NaN scores, which no >= counts)
@@ -118,7 +117,6 @@ def top_k(
             best_v[a:b], best_i[a:b] = v, ci.gather(1, pick)
     if id_rank is None:
         return best_v, best_i
-    one_block = block >= n_docs
     return _trec_order_rows(q, doc_emb, best_v, best_i, k, id_rank, chunks, block, resolved if one_block else None)
 
 
