@@ -41,7 +41,7 @@ benchmarks_gradcache.md are left alone unless --script-docs); their numbers come
 of this one report.
 
 Precision knows the hardware (embedexp/trainer/precision.py): on a CPU without native bf16 (no avx512_bf16 /
-amx_bf16) bf16 is emulated, 10-20x slower, and `trainer=cpu_bf16` falls back to fp32, so the bf16 rows are skipped
+amx_bf16) bf16 is emulated (a MiniLM training step took over 16x the fp32 CPU time), and `trainer=cpu_bf16` falls back to fp32, so the bf16 rows are skipped
 by default and `--precisions bf16` (or --quality) is refused unless --allow-slow-bf16. Every table row carries the
 CPU summary of the machine that measured it; rows kept by --only from another machine are marked as such.
 """
@@ -911,7 +911,7 @@ def bf16_skip_line(machine: dict, current: bool = True) -> str:
     who = "this CPU" if current else f"the CPU of the other machine ({machine.get('cpu')}, {machine.get('date')})"
     return (
         f"bf16 rows skipped: {who} has no native bf16 ({machine_summary(machine)}; no "
-        f"{'/'.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 matmuls are emulated (10-20x slower than fp32) "
+        f"{'/'.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 is emulated (a MiniLM training step took over 16x the fp32 CPU time on an AVX2 CPU) "
         f"and `trainer=cpu_bf16` falls back to fp32 {'here' if current else 'there'}; `--precisions fp32 bf16 --allow-slow-bf16` measures the "
         "emulated path."
     )
@@ -932,7 +932,7 @@ def resolve_precisions(requested: list[str] | None, allow_slow_bf16: bool, quali
         what = "--quality (fp32 vs bf16)" if quality else "--precisions bf16"
         raise ConfigError(
             f"{what}: this CPU has no native bf16 ({precision.cpu_summary()}; no "
-            f"{'/'.join(precision.NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 would be emulated (10-20x slower) "
+            f"{'/'.join(precision.NATIVE_BF16_FLAGS)} in /proc/cpuinfo), so bf16 would be emulated (a MiniLM training step took over 16x the fp32 CPU time on an AVX2 CPU) "
             "and trainer=cpu_bf16 falls back to fp32; expected fp32 only, or --allow-slow-bf16 to measure it anyway"
         )
     if requested is None:
@@ -1357,7 +1357,7 @@ def main() -> None:
     ap.add_argument(
         "--allow-slow-bf16",
         action="store_true",
-        help="measure bf16 on a CPU without native bf16 (emulated, 10-20x slower; trainer.allow_slow_bf16=true)",
+        help="measure bf16 on a CPU without native bf16 (emulated: over 16x the fp32 CPU time per MiniLM training step; trainer.allow_slow_bf16=true)",
     )
     ap.add_argument("--train-max-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=1)
