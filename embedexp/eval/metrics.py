@@ -98,8 +98,7 @@ def top_k(
     best_i = torch.empty((n_q, kk), dtype=torch.long, device=q.device)
     one_block = block >= n_docs
     resolved: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for lo in range(0, n_docs, block):
-        d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
+    for lo, d in _corpus_blocks(doc_emb, block, q.device):
         for a, b in chunks:
             sim = _tile(q[a:b], d)
             v, i = sim.topk(min(kk, sim.shape[1]), dim=1)
@@ -125,6 +124,13 @@ def _balanced_chunks(n: int, most: int) -> list[tuple[int, int]]:
     parts = -(-n // most)
     bounds = [n * p // parts for p in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _corpus_blocks(doc_emb: torch.Tensor, block: int, device: torch.device):
+    """(first row, normalised float32 rows [first, first + block)) for each corpus block: both passes of `top_k`
+    normalise the same blocks the same way, so their scores have the same bits."""
+    for lo in range(0, doc_emb.shape[0], block):
+        yield lo, F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(device)
 
 
 def _tile(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -168,10 +174,11 @@ def _trec_order_rows(
 
     q: (n_queries, dim) normalised; v, i: (n_queries, k + 1) the largest scores of each row (k when k == n_docs);
     returns k columns. A row is crowded when more than k documents reach its k-th score (a tie group straddles the
-    cut). That can only happen where the (k+1)-th largest score equals the k-th. With one corpus block such rows were
-    already resolved from their tile (`resolved`: row -> (indices, scores); None with several blocks); otherwise the query chunks holding them
-    are scored again, tile by tile with the same shapes as the first pass (the same float32 bits), and each crowded
-    row keeps a running best k over the blocks: memory O(k + one block) per row, whatever the size of the tie group.
+    cut). That can only happen where the (k+1)-th largest score equals the k-th. With one corpus block such rows
+    were already resolved from their tile (`resolved`: row -> (indices, scores); None with several blocks);
+    otherwise the query chunks holding them are scored again, tile by tile with the same shapes as the first pass
+    (the same float32 bits), and each crowded row keeps a running best k over the blocks: memory O(k + one block)
+    per row, whatever the size of the tie group.
     """
     v_np, i_np = v[:, :k].cpu().numpy().copy(), i[:, :k].cpu().numpy().copy()
     crowded = torch.nonzero(v[:, k] == v[:, k - 1]).flatten().tolist() if v.shape[1] > k else []
@@ -185,8 +192,7 @@ def _trec_order_rows(
             continue
         best = dict.fromkeys(rows, _EMPTY)
         reached = dict.fromkeys(rows, 0)  # documents reaching the row's k-th score
-        for lo in range(0, doc_emb.shape[0], block):
-            d = F.normalize(doc_emb[lo : lo + block].float(), dim=-1).to(q.device)
+        for lo, d in _corpus_blocks(doc_emb, block, q.device):
             sim = _tile(q[a:b], d)
             for r in rows:
                 c_idx, c_score, n_hit = _best_k_by_id(sim[r - a], v[r, k - 1], lo, k, id_rank, best[r])
